@@ -1,0 +1,101 @@
+"""The compute-optimal frontier: power laws in C through the per-budget optima.
+
+Least squares on ln N_opt = a·ln C + ln k (and the same for D_opt with
+exponent b, and for L_opt). With D_opt = C/(6·N_opt) per budget, b = 1 − a
+exactly and the token law is C/(6·N law). Intervals come from the bootstrap
+(`bootstrap.py`); without it they are None.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .isoflop import IsoflopFit
+
+
+@dataclass(frozen=True)
+class PowerLaw:
+    """y = coefficient · C^exponent, fitted in log space."""
+
+    exponent: float
+    coefficient: float
+    n_budgets: int
+    exponent_ci: tuple[float, float] | None = None      # 5–95% bootstrap interval
+    coefficient_ci: tuple[float, float] | None = None
+    exponent_median: float | None = None
+    coefficient_median: float | None = None
+    residual_std: float = math.nan                       # std of ln-residuals
+
+    @property
+    def log_coefficient(self) -> float:
+        return math.log(self.coefficient) if self.coefficient > 0 else -math.inf
+
+    def __call__(self, compute: float | np.ndarray) -> np.ndarray:
+        c = np.asarray(compute, dtype=float)
+        return np.exp(self.log_coefficient + self.exponent * np.log(c))
+
+
+@dataclass(frozen=True)
+class Frontier:
+    params: PowerLaw    # N_opt(C)
+    tokens: PowerLaw    # D_opt(C)
+    loss: PowerLaw      # L_opt(C)
+    budgets: tuple[float, ...]   # budgets used
+
+
+def line_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """(slope, intercept, residual std) of ordinary least squares y = slope·x + intercept."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    xm, ym = x.mean(), y.mean()
+    sxx = float(((x - xm) ** 2).sum())
+    if len(x) < 2 or sxx <= 0:
+        return math.nan, math.nan, math.nan
+    slope = float(((x - xm) * (y - ym)).sum() / sxx)
+    intercept = float(ym - slope * xm)
+    res = y - (slope * x + intercept)
+    dof = len(x) - 2
+    rstd = float(math.sqrt((res ** 2).sum() / dof)) if dof > 0 else math.nan
+    return slope, intercept, rstd
+
+
+def batched_line_fit(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares slope and intercept per row of y (R×B) over the columns where mask is True.
+
+    x: (B,) shared abscissae. Rows with fewer than 2 masked columns (or no
+    spread in x) give NaN.
+    """
+    w = np.asarray(mask, dtype=float)
+    y = np.where(mask, y, 0.0)
+    xc = x - x.mean()  # centring for conditioning
+    s0 = w.sum(1)
+    s1 = w @ xc
+    s2 = w @ (xc * xc)
+    t0 = (w * y).sum(1)
+    t1 = (w * y) @ xc
+    with np.errstate(invalid="ignore", divide="ignore"):
+        det = s0 * s2 - s1 * s1
+        slope = (s0 * t1 - s1 * t0) / det
+        icpt_c = (t0 - slope * s1) / s0
+    bad = (s0 < 2) | ~(det > 1e-12 * np.maximum(s0 * s2, 1e-300))
+    slope = np.where(bad, np.nan, slope)
+    intercept = np.where(bad, np.nan, icpt_c - slope * x.mean())
+    return slope, intercept
+
+
+def fit_frontier(fits: Sequence[IsoflopFit], use: Sequence[bool] | None = None) -> Frontier | None:
+    """Power laws through the budgets in `use` (default: all with a vertex). None with < 2 budgets."""
+    if use is None:
+        use = [f.has_vertex for f in fits]
+    chosen = [f for f, u in zip(fits, use) if u]
+    if len({f.budget for f in chosen}) < 2:
+        return None
+    lc = np.log([f.budget for f in chosen])
+    laws = []
+    for vals in ([f.n_opt for f in chosen], [f.d_opt for f in chosen], [f.loss_opt for f in chosen]):
+        slope, icpt, rstd = line_fit(lc, np.log(vals))
+        laws.append(PowerLaw(exponent=slope, coefficient=math.exp(icpt), n_budgets=len(chosen), residual_std=rstd))
+    return Frontier(params=laws[0], tokens=laws[1], loss=laws[2], budgets=tuple(f.budget for f in chosen))

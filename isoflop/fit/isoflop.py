@@ -1,0 +1,211 @@
+"""Chinchilla approach 2: one IsoFLOP profile per budget, and its minimum.
+
+For one budget C, the usable runs give points (x = ln N, loss). The minimum
+of the profile is found by
+
+- `minimizer="parabola"` (default): least squares loss = a·x² + b·x + c on the
+  points of a window of `window` model sizes (default 5) centred on the size
+  of the lowest observed loss and shifted to stay inside the sampled sizes;
+  `window=None` (or "all") fits every point. The vertex x* = −b/(2a) gives
+  N_opt = e^x*, L_opt = the parabola at x*. A parabola through every point of
+  a wide sweep is biased (the profile is not symmetric in ln N far from the
+  minimum); the window is the default for that reason.
+- `minimizer="akima"` (Porian et al. 2024): an Akima spline through the mean
+  loss of each sampled size (every size, no window), minimised on a grid of
+  10,001 points over the sampled range.
+
+D_opt = C / (6·N_opt) in both cases.
+
+Flags (stable strings; a flagged budget is reported and, by default, left
+out of the frontier):
+
+- ``too_few_points``: fewer than 3 distinct usable sizes (in the window).
+- ``not_convex``: parabola curvature a ≤ 0 (no minimum).
+- ``vertex_out_of_range``: N_opt outside [smallest, largest] sampled N of
+  the budget (all its usable runs, not only the window); `in_range` is False.
+  For Akima, the grid minimum sits on an end of the sampled range.
+- ``vertex_near_edge``: N_opt within one grid step (the median spacing of
+  the budget's sampled ln N) of the smallest or largest sampled N.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+TOO_FEW_POINTS = "too_few_points"
+NOT_CONVEX = "not_convex"
+VERTEX_OUT_OF_RANGE = "vertex_out_of_range"
+VERTEX_NEAR_EDGE = "vertex_near_edge"
+FLAGS = (TOO_FEW_POINTS, NOT_CONVEX, VERTEX_OUT_OF_RANGE, VERTEX_NEAR_EDGE)
+#: flags whose budgets have no vertex at all; never used, even with keep_flagged
+FATAL_FLAGS = frozenset({TOO_FEW_POINTS, NOT_CONVEX})
+MINIMIZERS = ("parabola", "akima")
+AKIMA_GRID = 10_001
+
+
+@dataclass(frozen=True)
+class IsoflopFit:
+    """The fitted IsoFLOP profile of one budget. NaN where there is no answer."""
+
+    budget: float
+    n_opt: float
+    d_opt: float
+    loss_opt: float
+    points: int                 # usable runs of the budget
+    points_used: int            # runs the minimiser used (the window)
+    sizes: int                  # distinct usable model sizes of the budget
+    n_min: float                # smallest sampled N (usable runs)
+    n_max: float                # largest sampled N
+    in_range: bool
+    flags: tuple[str, ...]
+    minimizer: str
+    window: int | None
+    grid_step: float            # median spacing of sampled ln N (NaN with < 2 sizes)
+    coefficients: tuple[float, float, float] | None  # (a, b, c) of loss = a·u² + b·u + c, u = ln N − x0
+    x0: float                   # centring of ln N for the coefficients
+    used_n_min: float = math.nan
+    used_n_max: float = math.nan
+
+    @property
+    def has_vertex(self) -> bool:
+        return math.isfinite(self.n_opt) and not (set(self.flags) & FATAL_FLAGS)
+
+    @property
+    def curvature(self) -> float:
+        return self.coefficients[0] if self.coefficients is not None else math.nan
+
+    def loss_at(self, params: np.ndarray) -> np.ndarray:
+        """The fitted parabola at N (NaN for Akima fits or when there is none)."""
+        n = np.asarray(params, dtype=float)
+        if self.coefficients is None:
+            return np.full(n.shape, np.nan)
+        a, b, c = self.coefficients
+        u = np.log(n) - self.x0
+        return a * u * u + b * u + c
+
+
+def normalise_window(window: int | str | None) -> int | None:
+    if window is None or (isinstance(window, str) and window.lower() == "all"):
+        return None
+    k = int(window)
+    if k < 3:
+        raise ValueError(f"window must be at least 3 model sizes (or None/'all'), got {window!r}")
+    return k
+
+
+def window_sizes(size_index: np.ndarray, loss: np.ndarray, n_sizes: int, window: int | None) -> tuple[int, int]:
+    """[lo, hi) size indices of the window centred on the lowest observed loss."""
+    if window is None or n_sizes <= window:
+        return 0, n_sizes
+    s_star = int(size_index[int(np.argmin(loss))])
+    lo = min(max(s_star - (window - 1) // 2, 0), n_sizes - window)
+    return lo, lo + window
+
+
+def edge_flags(log_n_opt: float, x_min: float, x_max: float, step: float, *, akima_edge: bool = False) -> tuple[bool, list[str]]:
+    flags: list[str] = []
+    in_range = bool(x_min <= log_n_opt <= x_max) and not akima_edge
+    if not in_range:
+        flags.append(VERTEX_OUT_OF_RANGE)
+    elif math.isfinite(step) and (log_n_opt < x_min + step or log_n_opt > x_max - step):
+        flags.append(VERTEX_NEAR_EDGE)
+    return in_range, flags
+
+
+def fit_budget(params: np.ndarray, loss: np.ndarray, budget: float, *, window: int | str | None = 5,
+               minimizer: str = "parabola") -> IsoflopFit:
+    """Fit one budget's profile from its usable runs (params N > 0, finite loss)."""
+    if minimizer not in MINIMIZERS:
+        raise ValueError(f"minimizer must be one of {MINIMIZERS}, got {minimizer!r}")
+    k = normalise_window(window)
+    x_all = np.log(np.asarray(params, dtype=float))
+    y_all = np.asarray(loss, dtype=float)
+    order = np.argsort(x_all, kind="stable")
+    x_all, y_all = x_all[order], y_all[order]
+    ux, size_index = np.unique(x_all, return_inverse=True)
+    n_sizes = len(ux)
+    step = float(np.median(np.diff(ux))) if n_sizes >= 2 else math.nan
+    nan = math.nan
+    base = dict(budget=float(budget), points=int(len(x_all)), sizes=n_sizes,
+                n_min=float(np.exp(ux[0])) if n_sizes else nan, n_max=float(np.exp(ux[-1])) if n_sizes else nan,
+                minimizer=minimizer, window=k if minimizer == "parabola" else None, grid_step=step)
+    if n_sizes < 3:
+        return IsoflopFit(n_opt=nan, d_opt=nan, loss_opt=nan, points_used=int(len(x_all)), in_range=False,
+                          flags=(TOO_FEW_POINTS,), coefficients=None, x0=nan, **base)
+
+    if minimizer == "akima":
+        from scipy.interpolate import Akima1DInterpolator
+
+        means = np.bincount(size_index, weights=y_all) / np.bincount(size_index)
+        spline = Akima1DInterpolator(ux, means)
+        grid = np.linspace(ux[0], ux[-1], AKIMA_GRID)
+        vals = spline(grid)
+        j = int(np.argmin(vals))
+        x_star, l_star = float(grid[j]), float(vals[j])
+        in_range, flags = edge_flags(x_star, ux[0], ux[-1], step, akima_edge=j in (0, AKIMA_GRID - 1))
+        n_opt = math.exp(x_star)
+        return IsoflopFit(n_opt=n_opt, d_opt=budget / (6.0 * n_opt), loss_opt=l_star, points_used=int(len(x_all)),
+                          in_range=in_range, flags=tuple(flags), coefficients=None, x0=nan,
+                          used_n_min=float(np.exp(ux[0])), used_n_max=float(np.exp(ux[-1])), **base)
+
+    lo, hi = window_sizes(size_index, y_all, n_sizes, k)
+    m = (size_index >= lo) & (size_index < hi)
+    x, y = x_all[m], y_all[m]
+    x0 = float(np.mean(ux))
+    u = x - x0
+    design = np.stack([u * u, u, np.ones_like(u)], axis=1)
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    a, b, c = (float(v) for v in coef)
+    common = dict(points_used=int(m.sum()), coefficients=(a, b, c), x0=x0,
+                  used_n_min=float(np.exp(ux[lo])), used_n_max=float(np.exp(ux[hi - 1])), **base)
+    if not a > 0:
+        return IsoflopFit(n_opt=nan, d_opt=nan, loss_opt=nan, in_range=False, flags=(NOT_CONVEX,), **common)
+    u_star = -b / (2 * a)
+    x_star = x0 + u_star
+    l_star = c - b * b / (4 * a)
+    in_range, flags = edge_flags(x_star, ux[0], ux[-1], step)
+    n_opt = math.exp(x_star) if x_star < 700 else math.inf
+    return IsoflopFit(n_opt=n_opt, d_opt=budget / (6.0 * n_opt), loss_opt=l_star, in_range=in_range,
+                      flags=tuple(flags), **common)
+
+
+def group_by_budget(budget: np.ndarray) -> list[tuple[float, np.ndarray]]:
+    """(budget, indices) per distinct finite budget, ascending."""
+    b = np.asarray(budget, dtype=float)
+    ok = np.isfinite(b)
+    out = []
+    for c in np.unique(b[ok]):
+        out.append((float(c), np.flatnonzero(b == c)))
+    return out
+
+
+def fit_isoflops(params: np.ndarray, loss: np.ndarray, budget: np.ndarray, *, window: int | str | None = 5,
+                 minimizer: str = "parabola") -> tuple[IsoflopFit, ...]:
+    """Fit every budget (arrays of usable runs only). Ascending budget order."""
+    p = np.asarray(params, dtype=float)
+    y = np.asarray(loss, dtype=float)
+    return tuple(fit_budget(p[idx], y[idx], c, window=window, minimizer=minimizer)
+                 for c, idx in group_by_budget(budget))
+
+
+def selected(fits: Sequence[IsoflopFit], keep_flagged: bool | Sequence[str] = False) -> list[bool]:
+    """Which budgets enter the frontier.
+
+    Default: only unflagged budgets. keep_flagged=True: every budget with a
+    vertex (all but too_few_points/not_convex). keep_flagged=("vertex_near_edge",):
+    unflagged budgets plus those whose only flags are in the list.
+    """
+    if keep_flagged is True:
+        allowed = set(FLAGS) - FATAL_FLAGS
+    elif not keep_flagged:
+        allowed = set()
+    else:
+        allowed = set(keep_flagged)
+        unknown = allowed - set(FLAGS)
+        if unknown:
+            raise ValueError(f"keep_flagged: unknown flag(s) {sorted(unknown)}; known: {list(FLAGS)}")
+        allowed -= FATAL_FLAGS
+    return [f.has_vertex and math.isfinite(f.n_opt) and f.n_opt > 0 and set(f.flags) <= allowed for f in fits]

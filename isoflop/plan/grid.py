@@ -1,0 +1,176 @@
+"""Spec -> runs. Pure: the same spec always gives the same runs and run ids."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..spec import Spec
+from . import flops, hparams
+from .shapes import Family, ShapeError, candidates, pick_shapes
+
+# a run's FLOPs under the spec's convention must be within this of its budget
+FLOP_TOLERANCE = 0.01
+
+
+class PlanError(ValueError):
+    """The spec cannot be planned; one line says why and where."""
+
+
+@dataclass(frozen=True)
+class Run:
+    run_id: str
+    budget: float
+    point: int  # index of the size within its budget, smallest first
+    n_layer: int
+    d_model: int
+    n_head: int
+    params: int  # N under the spec's parameter convention
+    tokens: int
+    steps: int
+    batch_seqs: int
+    batch_tokens: int
+    lr: float
+    seed: int
+    lr_mult: float
+    batch_mult: float
+    flops: int  # under the spec's FLOP convention
+    ledger: dict[str, int] = field(hash=False)  # N and FLOPs under every convention
+    definition: dict[str, Any] = field(hash=False)  # what run.json carries; hashed into run_id
+
+    @property
+    def flops_deviation(self) -> float:
+        return self.flops / self.budget - 1
+
+    def to_json(self) -> dict[str, Any]:
+        out = {
+            "run_id": self.run_id, "budget": self.budget, "point": self.point,
+            "params": self.params, "tokens": self.tokens, "tokens_per_param": self.tokens / self.params,
+            "flops": self.flops, "flops_deviation": self.flops_deviation,
+            "flops_6nd": self.ledger["flops_6nd"], "flops_6nd_attention": self.ledger["flops_6nd_attention"],
+            "flops_exact": self.ledger["flops_exact"],
+            "params_non_embedding": self.ledger["params_non_embedding"],
+            "params_with_output": self.ledger["params_with_output"], "params_all": self.ledger["params_all"],
+            "n_layer": self.n_layer, "d_model": self.d_model, "n_head": self.n_head,
+            "batch_seqs": self.batch_seqs, "batch_tokens": self.batch_tokens, "lr": self.lr,
+            "steps": self.steps, "seed": self.seed, "lr_mult": self.lr_mult, "batch_mult": self.batch_mult,
+        }
+        return out
+
+
+def family_of(spec: Spec) -> Family:
+    m = spec.model
+    return Family(
+        vocab_size=m.vocab_size, seq_len=m.seq_len, head_dim=m.head_dim, width_step=m.width_step,
+        aspect_ratio=m.aspect_ratio, max_layers=m.max_layers, mlp=m.mlp, tied=m.tied, qk_norm=m.qk_norm,
+    )
+
+
+def run_id_of(definition: dict[str, Any]) -> str:
+    blob = json.dumps(definition, sort_keys=True, separators=(",", ":"), default=repr)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _targets(spec: Spec, budget: float) -> list[float]:
+    lo, hi = spec.grid.param_range(budget)
+    k = spec.grid.points
+    if k == 1:
+        return [math.sqrt(lo * hi)]
+    return [lo * (hi / lo) ** (i / (k - 1)) for i in range(k)]
+
+
+def _common(spec: Spec) -> dict[str, Any]:
+    """The parts of every run's definition that come straight from the spec."""
+    m, t = spec.model, spec.trainer
+    return {
+        "model": {"z_loss": m.z_loss, "mup": m.mup, "mup_base_width": m.mup_base_width},
+        "optimizer": spec.optimizer.model_dump(),
+        "schedule": spec.schedule.model_dump(),
+        "data": spec.data.model_dump(),
+        "trainer": t.template,
+        "eval": {"batches": t.eval_batches, "every": t.eval_every},
+        "log_every": t.log_every,
+        "checkpoint_every_s": t.checkpoint_every_s,
+        "device": t.device, "compile": t.compile, "dtype": t.dtype, "threads": t.threads,
+        "vars": dict(sorted(t.vars.items())),
+        "flop_convention": spec.flops,
+        "param_convention": spec.params,
+    }
+
+
+def plan(spec: Spec) -> list[Run]:
+    """Every run of the sweep, by budget, then size, then (lr, batch) multipliers and seed."""
+    budgets = spec.budget_values()
+    fam = family_of(spec)
+    all_targets = {b: _targets(spec, b) for b in budgets}
+    lo = min(min(t) for t in all_targets.values())
+    hi = max(max(t) for t in all_targets.values())
+    cands = candidates(fam, spec.params, lo, hi)
+    k = spec.grid.points
+    step = math.log(all_targets[budgets[0]][-1] / all_targets[budgets[0]][0]) / (k - 1) if k > 1 else math.log(2)
+    # half a grid step keeps the order and the spacing recognisable; never demand more than ~10%
+    tolerance = max(step / 2, math.log(1.1))
+    common = _common(spec)
+    runs: list[Run] = []
+    for budget in budgets:
+        try:
+            picks = pick_shapes(cands, all_targets[budget], tolerance)
+        except ShapeError as e:
+            raise PlanError(f"budget {budget:.4g}: {e}") from None
+        for point, (n_layer, d_model, _) in enumerate(picks):
+            shape = fam.shape(n_layer, d_model)
+            n = flops.params(shape, spec.params)
+            per_token = flops.flops_per_token(shape, spec.flops, spec.params)
+            d_ideal = budget / per_token
+            for bm in spec.batch_grid:
+                b_val = hparams.evaluate(spec.batch.rule, "batch", C=budget, N=n, D=d_ideal) * bm
+                seqs = hparams.batch_seqs(b_val, spec.batch.unit, fam.seq_len)
+                batch_tokens = seqs * fam.seq_len
+                steps = max(1, round(d_ideal / batch_tokens))
+                tokens = steps * batch_tokens
+                run_flops = per_token * tokens
+                dev = run_flops / budget - 1
+                if abs(dev) > FLOP_TOLERANCE:
+                    raise PlanError(
+                        f"budget {budget:.4g}, N={n:,}: {steps} step(s) of {batch_tokens:,} tokens give "
+                        f"{run_flops:.4g} FLOPs ({dev:+.1%} off the budget, limit ±{FLOP_TOLERANCE:.0%}); "
+                        "the budget is too small for this batch size: raise it or lower batch"
+                    )
+                for lm in spec.lr_grid:
+                    lr = hparams.evaluate(spec.lr, "lr", C=budget, N=n, D=tokens) * lm
+                    for seed in spec.seeds:
+                        definition = {
+                            "budget": budget,
+                            "shape": {
+                                "n_layer": n_layer, "d_model": d_model, "n_head": shape.n_head,
+                                "vocab_size": fam.vocab_size, "seq_len": fam.seq_len, "mlp": fam.mlp,
+                                "tied": fam.tied, "qk_norm": fam.qk_norm,
+                            },
+                            "tokens": tokens, "steps": steps, "batch_seqs": seqs, "batch_tokens": batch_tokens,
+                            "lr": float(f"{lr:.6g}"), "seed": seed, **common,
+                        }
+                        runs.append(Run(
+                            run_id=run_id_of(definition), budget=budget, point=point,
+                            n_layer=n_layer, d_model=d_model, n_head=shape.n_head, params=n,
+                            tokens=tokens, steps=steps, batch_seqs=seqs, batch_tokens=batch_tokens,
+                            lr=definition["lr"], seed=seed, lr_mult=lm, batch_mult=bm, flops=run_flops,
+                            ledger=flops.ledger(shape, tokens, spec.params), definition=definition,
+                        ))
+    return runs
+
+
+def gpu_hours(runs: list[Run], throughput: float | None) -> float | None:
+    """Estimated GPU-hours at a sustained FLOP/s, from each run's exact FLOPs."""
+    if not throughput:
+        return None
+    return sum(r.ledger["flops_exact"] for r in runs) / throughput / 3600
+
+
+def shape_for_params(spec: Spec, n_target: float) -> dict[str, int]:
+    """The family's shape nearest a (predicted) N, for `isoflop fit --predict`."""
+    fam = family_of(spec)
+    cands = candidates(fam, spec.params, n_target, n_target)
+    (n_layer, d_model, n), = pick_shapes(cands, [n_target], tolerance=math.inf)
+    return {"n_layer": n_layer, "d_model": d_model, "n_head": d_model // fam.head_dim, "params": int(n)}

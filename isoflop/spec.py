@@ -1,0 +1,337 @@
+"""The sweep spec: pydantic models, YAML/TOML loading, one-line errors."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class SpecError(ValueError):
+    """A spec that cannot be used; the message is one line naming the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _positive_finite(v: float, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"{what} must be a number, got {v!r}")
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{what} must be a positive finite number, got {v!r}")
+    return float(v)
+
+
+class BudgetRange(_Strict):
+    """Budgets from start to stop (inclusive), evenly spaced in log C."""
+
+    start: float
+    stop: float
+    per_decade: float = 2.0
+
+    @model_validator(mode="after")
+    def _check(self) -> "BudgetRange":
+        _positive_finite(self.start, "budgets.start")
+        _positive_finite(self.stop, "budgets.stop")
+        _positive_finite(self.per_decade, "budgets.per_decade")
+        if self.stop < self.start:
+            raise ValueError(f"budgets.stop ({self.stop:g}) is below budgets.start ({self.start:g})")
+        return self
+
+    def values(self) -> list[float]:
+        n = int(math.floor(math.log10(self.stop / self.start) * self.per_decade + 1e-9)) + 1
+        return [float(f"{self.start * 10 ** (i / self.per_decade):.6g}") for i in range(n)]
+
+
+class Centre(_Strict):
+    """Where a budget's grid is centred: N = k * C^power (Chinchilla: k ~ 0.0913, power 0.5)."""
+
+    k: float = 0.0913
+    power: float = 0.5
+
+    def params(self, budget: float) -> float:
+        return self.k * budget**self.power
+
+
+class Grid(_Strict):
+    points: int = Field(5, description="model sizes per budget, evenly spaced in log N")
+    span: Optional[float] = Field(
+        16.0, description="ratio of the largest to the smallest N of a budget, centred on `centre`"
+    )
+    tokens_per_param: Optional[tuple[float, float]] = Field(
+        None, description="[low, high] D/N bounds instead of span: N runs from sqrt(C/(6*high)) to sqrt(C/(6*low))"
+    )
+    centre: Centre = Centre()
+
+    @model_validator(mode="after")
+    def _check(self) -> "Grid":
+        if self.points < 1:
+            raise ValueError(f"grid.points must be at least 1, got {self.points}")
+        if self.tokens_per_param is not None:
+            lo, hi = self.tokens_per_param
+            if not (lo > 0 and hi > lo):
+                raise ValueError(f"grid.tokens_per_param must be [low, high] with 0 < low < high, got {[lo, hi]}")
+        elif self.span is None or not (self.span >= 1 and math.isfinite(self.span)):
+            raise ValueError(f"grid.span must be a number >= 1, got {self.span}")
+        if self.points > 1 and self.tokens_per_param is None and self.span == 1:
+            raise ValueError("grid.span must be above 1 when grid.points > 1")
+        return self
+
+    def param_range(self, budget: float) -> tuple[float, float]:
+        if self.tokens_per_param is not None:
+            lo, hi = self.tokens_per_param
+            return math.sqrt(budget / (6 * hi)), math.sqrt(budget / (6 * lo))
+        c = self.centre.params(budget)
+        half = math.sqrt(self.span or 1.0)
+        return c / half, c * half
+
+
+class ModelFamily(_Strict):
+    vocab_size: int = 50304
+    seq_len: int = 1024
+    head_dim: int = 64
+    d_model_multiple: Optional[int] = Field(None, description="d_model is a multiple of this (default: head_dim)")
+    aspect_ratio: float = Field(64.0, description="target d_model / n_layer")
+    max_layers: int = 128
+    mlp: Literal["gelu", "swiglu"] = "gelu"
+    tied: bool = True
+    qk_norm: bool = False
+    z_loss: float = 0.0
+    mup: bool = False
+    mup_base_width: int = 256
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelFamily":
+        for f in ("vocab_size", "seq_len", "head_dim", "max_layers", "mup_base_width"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"model.{f} must be a positive integer, got {getattr(self, f)}")
+        m = self.d_model_multiple or self.head_dim
+        if m % self.head_dim:
+            raise ValueError(f"model.d_model_multiple ({m}) must be a multiple of model.head_dim ({self.head_dim})")
+        if not self.aspect_ratio > 0:
+            raise ValueError(f"model.aspect_ratio must be positive, got {self.aspect_ratio}")
+        if self.z_loss < 0:
+            raise ValueError(f"model.z_loss must be >= 0, got {self.z_loss}")
+        return self
+
+    @property
+    def width_step(self) -> int:
+        return self.d_model_multiple or self.head_dim
+
+
+class PowerRule(_Strict):
+    """value = coef * X^power, X in {C, N, D}; optionally clamped to [min, max]."""
+
+    coef: float
+    of: Literal["C", "N", "D"] = "C"
+    power: float = 0.0
+    min: Optional[float] = None
+    max: Optional[float] = None
+
+    @field_validator("coef")
+    @classmethod
+    def _coef(cls, v: float) -> float:
+        return _positive_finite(v, "coef")
+
+
+Rule = Union[float, PowerRule, Literal["deepseek", "porian"]]
+
+
+class BatchRule(_Strict):
+    rule: Rule = 524288.0
+    unit: Literal["tokens", "sequences"] = "tokens"
+
+
+class Schedule(_Strict):
+    kind: Literal["cosine", "wsd"] = "cosine"
+    warmup_frac: float = 0.05
+    min_lr_frac: float = 0.1
+    decay_frac: float = 0.2
+
+    @model_validator(mode="after")
+    def _check(self) -> "Schedule":
+        for f in ("warmup_frac", "min_lr_frac", "decay_frac"):
+            if not 0 <= getattr(self, f) <= 1:
+                raise ValueError(f"schedule.{f} must be within [0, 1], got {getattr(self, f)}")
+        return self
+
+
+class Optimizer(_Strict):
+    beta1: float = 0.9
+    beta2: float = 0.95
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+
+
+class Data(_Strict):
+    kind: Literal["stdlib", "text", "tokens"] = "stdlib"
+    path: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "Data":
+        if self.kind != "stdlib" and not self.path:
+            raise ValueError(f"data.path is required for data.kind {self.kind!r}")
+        return self
+
+
+class Trainer(_Strict):
+    """The built-in trainer (template 'builtin') or a command template for an external script."""
+
+    template: str = "builtin"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = False
+    dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    threads: Optional[int] = None
+    eval_batches: int = 8
+    eval_every: int = 0
+    log_every: int = 10
+    checkpoint_every_s: float = 300.0
+    vars: dict[str, Any] = Field(default_factory=dict, description="extra values for a command template")
+
+
+class Spec(_Strict):
+    name: str
+    budgets: Union[list[float], BudgetRange]
+    grid: Grid = Grid()
+    model: ModelFamily = ModelFamily()
+    flops: Literal["6ND", "6ND+attention", "exact"] = Field(
+        "6ND", description="FLOP convention that a run's FLOPs must match its budget under"
+    )
+    params: Literal["non_embedding", "with_output", "all"] = Field(
+        "non_embedding", description="which parameters count as N"
+    )
+    batch: BatchRule = BatchRule()
+    lr: Rule = 3e-4
+    lr_grid: list[float] = Field(default_factory=lambda: [1.0], description="multipliers of the lr rule per cell")
+    batch_grid: list[float] = Field(default_factory=lambda: [1.0], description="multipliers of the batch rule")
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    schedule: Schedule = Schedule()
+    optimizer: Optimizer = Optimizer()
+    trainer: Trainer = Trainer()
+    data: Data = Data()
+    throughput: Optional[float] = Field(
+        None, description="sustained FLOP/s per GPU (peak x MFU) for GPU-hour estimates"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", v):
+            raise ValueError(f"name must be 1-64 letters, digits, '.', '_' or '-', got {v!r}")
+        return v
+
+    @field_validator("budgets", mode="before")
+    @classmethod
+    def _budgets(cls, v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            if not v:
+                raise ValueError("budgets is empty")
+            out = []
+            for i, b in enumerate(v):
+                if isinstance(b, str):
+                    try:
+                        b = float(b)
+                    except ValueError:
+                        raise ValueError(f"budgets[{i}] is not a number: {b!r}") from None
+                out.append(_positive_finite(b, f"budgets[{i}]"))
+            if len(set(out)) != len(out):
+                raise ValueError("budgets has duplicate values")
+            return sorted(out)
+        return v
+
+    @field_validator("lr_grid", "batch_grid")
+    @classmethod
+    def _mults(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("multiplier grid is empty")
+        for x in v:
+            _positive_finite(x, "multiplier")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("seeds is empty")
+        if len(set(v)) != len(v):
+            raise ValueError("seeds has duplicates")
+        return v
+
+    @field_validator("throughput")
+    @classmethod
+    def _throughput(cls, v: Optional[float]) -> Optional[float]:
+        return None if v is None else _positive_finite(v, "throughput")
+
+    def budget_values(self) -> list[float]:
+        return list(self.budgets) if isinstance(self.budgets, list) else self.budgets.values()
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+_TYPE_WORDS = {"float", "int", "str", "bool", "list", "dict", "tuple"}
+
+
+def _loc(parts: tuple) -> str:
+    # union branches and validators appear in loc as type names; keep only field names and indices
+    keep = [str(p) for p in parts if isinstance(p, int) or (
+        re.fullmatch(r"[a-z_][a-z0-9_]*", p) and p not in _TYPE_WORDS)]
+    return ".".join(keep)
+
+
+def _format_error(e: ValidationError) -> str:
+    # the deepest error is the most specific one (a union reports one error per branch)
+    err = max(e.errors(), key=lambda x: len(x["loc"]))
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    return f"{_loc(err['loc']) or 'spec'}: {msg}"
+
+
+def parse_spec(data: Any) -> Spec:
+    if not isinstance(data, dict):
+        raise SpecError("spec: the top level must be a mapping of keys to values")
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(_format_error(e)) from None
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read a YAML or TOML spec; every problem becomes one SpecError line."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise SpecError(f"{p}: cannot read spec ({e.strerror})") from None
+    if p.suffix == ".toml":
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            import tomli as tomllib  # type: ignore[no-redef]
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise SpecError(f"{p}: TOML syntax error: {e}") from None
+    else:
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise SpecError(f"{p}: YAML syntax error{where}: {getattr(e, 'problem', e)}") from None
+    try:
+        return parse_spec(data)
+    except SpecError as e:
+        raise SpecError(f"{p}: {e}") from None
+
+
+def spec_schema() -> dict:
+    return Spec.model_json_schema()

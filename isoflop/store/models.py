@@ -1,0 +1,123 @@
+"""Tables: sweeps, runs, attempts, metrics, and the schema version."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+SCHEMA_VERSION = 1
+
+# A run's state. planned -> submitting -> queued -> running -> completed | failed | diverged | lost
+# | cancelled; superseded: its spec changed under --force and it is no longer planned (kept, not deleted).
+RUN_STATES = (
+    "planned", "submitting", "queued", "running", "completed", "failed", "diverged", "lost", "cancelled",
+    "superseded",
+)
+ACTIVE_STATES = ("submitting", "queued", "running")
+FINAL_STATES = ("completed", "failed", "diverged", "lost", "cancelled")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Meta(Base):
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Sweep(Base):
+    __tablename__ = "sweeps"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    spec_digest: Mapped[str] = mapped_column(String(32))
+    workdir: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    __table_args__ = (UniqueConstraint("sweep_id", "run_id"), Index("ix_runs_sweep_state", "sweep_id", "state"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id"))
+    run_id: Mapped[str] = mapped_column(String(32))
+    budget: Mapped[float] = mapped_column(Float)
+    point: Mapped[int] = mapped_column(Integer)
+    n_layer: Mapped[int] = mapped_column(Integer)
+    d_model: Mapped[int] = mapped_column(Integer)
+    n_head: Mapped[int] = mapped_column(Integer)
+    params: Mapped[int] = mapped_column(Integer)
+    params_non_embedding: Mapped[int] = mapped_column(Integer)
+    params_with_output: Mapped[int] = mapped_column(Integer)
+    params_all: Mapped[int] = mapped_column(Integer)
+    tokens: Mapped[int] = mapped_column(Integer)
+    steps: Mapped[int] = mapped_column(Integer)
+    batch_seqs: Mapped[int] = mapped_column(Integer)
+    batch_tokens: Mapped[int] = mapped_column(Integer)
+    lr: Mapped[float] = mapped_column(Float)
+    lr_mult: Mapped[float] = mapped_column(Float, default=1.0)
+    batch_mult: Mapped[float] = mapped_column(Float, default=1.0)
+    seed: Mapped[int] = mapped_column(Integer)
+    flops: Mapped[float] = mapped_column(Float)
+    flops_6nd: Mapped[float] = mapped_column(Float)
+    flops_6nd_attention: Mapped[float] = mapped_column(Float)
+    flops_exact: Mapped[float] = mapped_column(Float)
+    definition: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # derived from attempts and run files (ingestion); never written by compute nodes
+    state: Mapped[str] = mapped_column(String(16), default="planned")
+    reason: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+    val_loss: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    train_loss: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    step_done: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    tokens_done: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    tokens_per_s: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    measured_flops: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    wall_s: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    diverged_step: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    metrics_offset: Mapped[int] = mapped_column(Integer, default=0)  # bytes of metrics.jsonl ingested
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Attempt(Base):
+    """One scheduler job executing a run."""
+
+    __tablename__ = "attempts"
+    __table_args__ = (Index("ix_attempts_run", "run_pk"), Index("ix_attempts_job", "job_id"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_pk: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    number: Mapped[int] = mapped_column(Integer)  # 1, 2, ... per run
+    executor: Mapped[str] = mapped_column(String(16))  # local | slurm
+    job_id: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)  # None until sbatch answered
+    state: Mapped[str] = mapped_column(String(16), default="submitting")
+    submitted_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[Optional[datetime]] = mapped_column(nullable=True)
+    ended_at: Mapped[Optional[datetime]] = mapped_column(nullable=True)
+    node: Mapped[Optional[str]] = mapped_column(String(128), nullable=True)
+    exit_code: Mapped[Optional[str]] = mapped_column(String(16), nullable=True)
+    stdout: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+    stderr: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+    reason: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+    lr_scale: Mapped[float] = mapped_column(Float, default=1.0)
+
+
+class Metric(Base):
+    __tablename__ = "metrics"
+    __table_args__ = (Index("ix_metrics_run", "run_pk", "step"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_pk: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    step: Mapped[int] = mapped_column(Integer)
+    tokens: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    flops: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    train_loss: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    val_loss: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    lr: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    tokens_per_s: Mapped[Optional[float]] = mapped_column(Float, nullable=True)

@@ -1,0 +1,117 @@
+"""Storing a planned sweep: idempotent, refuses silent spec changes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from .engine import StoreError
+from .models import FINAL_STATES, Attempt, Run, Sweep, utcnow
+
+
+class SpecChanged(StoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    sweep: str
+    created: bool  # a new sweep
+    added: int  # runs newly stored
+    kept: int  # runs already stored with the same definition
+    superseded: int  # runs no longer planned (kept in the store, state 'superseded')
+    deleted: int  # runs no longer planned that had never been attempted
+
+    @property
+    def changed(self) -> bool:
+        return self.created or self.added > 0 or self.superseded > 0 or self.deleted > 0
+
+
+def _row(sweep_id: int, r: Any) -> dict[str, Any]:
+    led = r.ledger
+    return dict(
+        sweep_id=sweep_id, run_id=r.run_id, budget=r.budget, point=r.point, n_layer=r.n_layer,
+        d_model=r.d_model, n_head=r.n_head, params=r.params,
+        params_non_embedding=led["params_non_embedding"], params_with_output=led["params_with_output"],
+        params_all=led["params_all"], tokens=r.tokens, steps=r.steps, batch_seqs=r.batch_seqs,
+        batch_tokens=r.batch_tokens, lr=r.lr, lr_mult=r.lr_mult, batch_mult=r.batch_mult, seed=r.seed,
+        flops=float(r.flops), flops_6nd=float(led["flops_6nd"]),
+        flops_6nd_attention=float(led["flops_6nd_attention"]), flops_exact=float(led["flops_exact"]),
+        definition=r.definition, state="planned", metrics_offset=0, updated_at=utcnow(),
+    )
+
+
+def save_plan(
+    engine: Engine, spec: Any, runs: Sequence[Any], workdir: Path, *, force: bool = False
+) -> PlanResult:
+    """Store a sweep's runs. Same spec again: nothing changes. A changed spec needs force=True,
+    which keeps every run whose definition did not change (with its attempts and results)."""
+    spec_json = spec.model_dump(mode="json")
+    digest = spec.digest()
+    with Session(engine) as s, s.begin():
+        sw = s.scalar(select(Sweep).where(Sweep.name == spec.name))
+        if sw is None:
+            sw = Sweep(name=spec.name, spec=spec_json, spec_digest=digest, workdir=str(workdir))
+            s.add(sw)
+            s.flush()
+            if runs:
+                s.execute(insert(Run), [_row(sw.id, r) for r in runs])
+            return PlanResult(spec.name, True, len(runs), 0, 0, 0)
+        stored = {rid: (pk, state) for pk, rid, state in s.execute(
+            select(Run.id, Run.run_id, Run.state).where(Run.sweep_id == sw.id))}
+        new_ids = {r.run_id for r in runs}
+        live = {rid for rid, (_, st) in stored.items() if st != "superseded"}
+        if sw.spec_digest == digest and new_ids == live:
+            return PlanResult(spec.name, False, 0, len(new_ids), 0, 0)
+        if not force:
+            gone, added = live - new_ids, new_ids - live
+            what = []
+            if added:
+                what.append(f"{len(added)} new run(s)")
+            if gone:
+                done = sum(1 for rid in gone if stored[rid][1] in FINAL_STATES)
+                what.append(f"{len(gone)} run(s) no longer planned ({done} finished)")
+            raise SpecChanged(
+                f"sweep {spec.name!r} is already planned with a different spec"
+                + (f" ({', '.join(what)})" if what else " (same runs, other settings)")
+                + "; pass --force to replan (finished runs whose definition did not change are kept), "
+                "or use another name"
+            )
+        attempted = {pk for (pk,) in s.execute(select(Attempt.run_pk).distinct())}
+        superseded = deleted = 0
+        for rid in live - new_ids:
+            pk, _ = stored[rid]
+            if pk in attempted:
+                s.execute(update(Run).where(Run.id == pk).values(state="superseded", updated_at=utcnow()))
+                superseded += 1
+            else:
+                s.delete(s.get(Run, pk))
+                deleted += 1
+        revived = [stored[rid][0] for rid in new_ids & set(stored) if stored[rid][1] == "superseded"]
+        for pk in revived:  # planned again after a round trip: its results are still good
+            s.execute(update(Run).where(Run.id == pk).values(state="planned", updated_at=utcnow()))
+        fresh = [r for r in runs if r.run_id not in stored]
+        if fresh:
+            s.execute(insert(Run), [_row(sw.id, r) for r in fresh])
+        sw.spec, sw.spec_digest, sw.updated_at = spec_json, digest, utcnow()
+        return PlanResult(spec.name, False, len(fresh), len(new_ids) - len(fresh), superseded, deleted)
+
+
+def get_sweep(session: Session, name: str) -> Sweep:
+    sw = session.scalar(select(Sweep).where(Sweep.name == name))
+    if sw is None:
+        names = session.scalars(select(Sweep.name).order_by(Sweep.name)).all()
+        hint = f"; known sweeps: {', '.join(names)}" if names else "; no sweep is planned yet"
+        raise StoreError(f"no sweep named {name!r} in the store{hint}")
+    return sw
+
+
+def sweep_runs(session: Session, sweep: Sweep, *, include_superseded: bool = False) -> list[Run]:
+    q = select(Run).where(Run.sweep_id == sweep.id)
+    if not include_superseded:
+        q = q.where(Run.state != "superseded")
+    return list(session.scalars(q.order_by(Run.budget, Run.point, Run.lr_mult, Run.batch_mult, Run.seed)))

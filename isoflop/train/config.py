@@ -1,0 +1,196 @@
+"""Typed view of `<run_dir>/run.json`, the file the dispatcher writes before a job starts.
+
+Required keys: run_id, shape, steps (or tokens), batch_seqs (or batch_tokens), lr.
+Everything else has a default (see the dataclasses below). Unknown keys are kept in
+`RunConfig.extra` and ignored.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from isoflop.plan.flops import Shape
+
+
+class ConfigError(ValueError):
+    """run.json is missing, unreadable or inconsistent."""
+
+
+def _sub(cls, d: dict | None):
+    """Build a small dataclass from a dict, ignoring unknown keys and nulls."""
+    d = d or {}
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in names and v is not None})
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    z_loss: float = 0.0  # coefficient of logsumexp(logits)^2; 0 = off
+    mup: bool = False
+    mup_base_width: int = 64
+
+
+@dataclass(frozen=True)
+class OptimizerOptions:
+    beta1: float = 0.9
+    beta2: float = 0.95
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0  # 0 or negative = off
+    eps: float = 1e-8
+
+
+@dataclass(frozen=True)
+class ScheduleOptions:
+    kind: str = "cosine"  # "cosine" | "wsd"
+    warmup_frac: float = 0.05
+    min_lr_frac: float = 0.1
+    decay_frac: float = 0.2  # wsd only: the last fraction of steps decays linearly
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    kind: str = "stdlib"  # "stdlib" | "text" | "tokens"
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    batches: int = 8  # fixed held-out batches, the same for every run of a sweep
+    every: int = 0  # steps between evaluations; 0 = only at the end
+    batch_seqs: int = 16  # sequences per eval batch (fixed, independent of the run's batch size)
+    seed: int = 1234  # the held-out batches depend on this only
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    run_id: str
+    shape: Shape
+    steps: int
+    batch_seqs: int
+    lr: float
+    sweep: str = ""
+    budget: float | None = None
+    model: ModelOptions = field(default_factory=ModelOptions)
+    tokens: int = 0
+    batch_tokens: int = 0
+    lr_scale: float = 1.0
+    optimizer: OptimizerOptions = field(default_factory=OptimizerOptions)
+    schedule: ScheduleOptions = field(default_factory=ScheduleOptions)
+    seed: int = 0
+    data: DataOptions = field(default_factory=DataOptions)
+    eval: EvalOptions = field(default_factory=EvalOptions)
+    log_every: int = 50
+    checkpoint_every_s: float = 300.0
+    keep_checkpoint: bool = False  # keep checkpoint.pt after the run finished
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    compile: bool = False  # torch.compile, CUDA only
+    dtype: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU) | "bf16" | "fp32"
+    threads: int | None = None
+    flop_convention: str = "6ND"
+    param_convention: str = "non_embedding"
+    planned: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def peak_lr(self) -> float:
+        return self.lr * self.lr_scale
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "RunConfig":
+        if not isinstance(d, dict):
+            raise ConfigError("run.json must hold a JSON object")
+        try:
+            sh = dict(d["shape"])
+            shape = Shape(
+                n_layer=int(sh["n_layer"]),
+                d_model=int(sh["d_model"]),
+                n_head=int(sh["n_head"]),
+                vocab_size=int(sh.get("vocab_size", 256)),
+                seq_len=int(sh["seq_len"]),
+                mlp=sh.get("mlp", "gelu"),
+                tied=bool(sh.get("tied", True)),
+                qk_norm=bool(sh.get("qk_norm", False)),
+            )
+        except KeyError as e:
+            raise ConfigError(f"run.json: shape lacks {e.args[0]!r}") from None
+        if shape.mlp not in ("gelu", "swiglu"):
+            raise ConfigError(f"run.json: shape.mlp must be 'gelu' or 'swiglu', not {shape.mlp!r}")
+        if shape.d_model % shape.n_head or shape.head_dim % 2:
+            raise ConfigError(f"run.json: d_model {shape.d_model} must split into n_head {shape.n_head} heads of even size")
+        if "run_id" not in d:
+            raise ConfigError("run.json lacks 'run_id'")
+        if "lr" not in d:
+            raise ConfigError("run.json lacks 'lr'")
+        T = shape.seq_len
+        batch_seqs = d.get("batch_seqs")
+        if batch_seqs is None:
+            if not d.get("batch_tokens"):
+                raise ConfigError("run.json lacks 'batch_seqs' (or 'batch_tokens')")
+            batch_seqs = max(1, int(d["batch_tokens"]) // T)
+        batch_seqs = int(batch_seqs)
+        steps = d.get("steps")
+        if steps is None:
+            if not d.get("tokens"):
+                raise ConfigError("run.json lacks 'steps' (or 'tokens')")
+            steps = max(1, math.ceil(int(d["tokens"]) / (batch_seqs * T)))
+        steps = int(steps)
+        if steps < 1 or batch_seqs < 1:
+            raise ConfigError(f"run.json: steps ({steps}) and batch_seqs ({batch_seqs}) must be positive")
+        known = {f.name for f in fields(cls)}
+        sched = _sub(ScheduleOptions, d.get("schedule"))
+        if sched.kind not in ("cosine", "wsd"):
+            raise ConfigError(f"run.json: schedule.kind must be 'cosine' or 'wsd', not {sched.kind!r}")
+        data = _sub(DataOptions, d.get("data"))
+        if data.kind not in ("stdlib", "text", "tokens"):
+            raise ConfigError(f"run.json: data.kind must be 'stdlib', 'text' or 'tokens', not {data.kind!r}")
+        if data.kind != "stdlib" and not data.path:
+            raise ConfigError(f"run.json: data.kind {data.kind!r} needs data.path")
+        threads = d.get("threads")
+        return cls(
+            run_id=str(d["run_id"]),
+            shape=shape,
+            steps=steps,
+            batch_seqs=batch_seqs,
+            lr=float(d["lr"]),
+            sweep=str(d.get("sweep") or ""),
+            budget=None if d.get("budget") is None else float(d["budget"]),
+            model=_sub(ModelOptions, d.get("model")),
+            tokens=int(d.get("tokens") or steps * batch_seqs * T),
+            batch_tokens=int(d.get("batch_tokens") or batch_seqs * T),
+            lr_scale=float(d.get("lr_scale") if d.get("lr_scale") is not None else 1.0),
+            optimizer=_sub(OptimizerOptions, d.get("optimizer")),
+            schedule=sched,
+            seed=int(d.get("seed") or 0),
+            data=data,
+            eval=_sub(EvalOptions, d.get("eval")),
+            log_every=max(1, int(d.get("log_every") or 50)),
+            checkpoint_every_s=float(d.get("checkpoint_every_s") if d.get("checkpoint_every_s") is not None else 300.0),
+            keep_checkpoint=bool(d.get("keep_checkpoint", False)),
+            device=str(d.get("device") or "auto"),
+            compile=bool(d.get("compile", False)),
+            dtype=str(d.get("dtype") or "auto"),
+            threads=None if threads is None else int(threads),
+            flop_convention=str(d.get("flop_convention") or "6ND"),
+            param_convention=str(d.get("param_convention") or "non_embedding"),
+            planned=dict(d.get("planned") or {}),
+            extra={k: v for k, v in d.items() if k not in known},
+        )
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> "RunConfig":
+        p = Path(run_dir) / "run.json"
+        try:
+            d = json.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{p} does not exist") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{p} is not valid JSON: {e}") from None
+        return cls.from_json(d)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(d.pop("extra"))
+        return d
