@@ -96,6 +96,10 @@ def fit_frontier(fits: Sequence[IsoflopFit], use: Sequence[bool] | None = None) 
     lc = np.log([f.budget for f in chosen])
     laws = []
     for vals in ([f.n_opt for f in chosen], [f.d_opt for f in chosen], [f.loss_opt for f in chosen]):
-        slope, icpt, rstd = line_fit(lc, np.log(vals))
-        laws.append(PowerLaw(exponent=slope, coefficient=math.exp(icpt), n_budgets=len(chosen), residual_std=rstd))
+        v = np.asarray(vals, dtype=float)
+        if not np.all(v > 0):  # e.g. a non-positive loss: no power law in log space
+            laws.append(PowerLaw(exponent=math.nan, coefficient=math.nan, n_budgets=len(chosen)))
+            continue
+        slope, icpt, rstd = line_fit(lc, np.log(v))
+        laws.append(PowerLaw(exponent=slope, coefficient=math.exp(icpt) if math.isfinite(icpt) else math.nan, n_budgets=len(chosen), residual_std=rstd))
     return Frontier(params=laws[0], tokens=laws[1], loss=laws[2], budgets=tuple(f.budget for f in chosen))

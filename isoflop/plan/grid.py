@@ -39,6 +39,7 @@ class Run:
     flops: int  # under the spec's FLOP convention
     ledger: dict[str, int] = field(hash=False)  # N and FLOPs under every convention
     definition: dict[str, Any] = field(hash=False)  # what run.json carries; hashed into run_id
+    definition_json: str = field(default="", hash=False, repr=False)  # the same, serialised once
 
     @property
     def flops_deviation(self) -> float:
@@ -68,9 +69,24 @@ def family_of(spec: Spec) -> Family:
     )
 
 
-def run_id_of(definition: dict[str, Any]) -> str:
-    blob = json.dumps(definition, sort_keys=True, separators=(",", ":"), default=repr)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+def _canonical(part: dict[str, Any]) -> bytes:
+    return json.dumps(part, sort_keys=True, separators=(",", ":"), default=repr).encode()
+
+
+def run_id_of(definition: dict[str, Any], _common_blob: bytes | None = None) -> str:
+    """A stable hash of everything that defines the run (its definition dict).
+
+    The spec-wide part is hashed apart from the per-run part so that planning
+    many runs serialises the shared part once (_common_blob, a cache)."""
+    common = {k: v for k, v in definition.items() if k in _COMMON_KEYS}
+    own = {k: v for k, v in definition.items() if k not in _COMMON_KEYS}
+    blob = _common_blob if _common_blob is not None else _canonical(common)
+    return hashlib.sha256(blob + b"|" + _canonical(own)).hexdigest()[:12]
+
+
+def _merged_json(common_blob: bytes, own_blob: bytes) -> str:
+    """One JSON object from the two canonical halves (their keys are disjoint)."""
+    return (common_blob[:-1] + b"," + own_blob[1:]).decode()
 
 
 def _targets(spec: Spec, budget: float) -> list[float]:
@@ -100,6 +116,9 @@ def _common(spec: Spec) -> dict[str, Any]:
     }
 
 
+_COMMON_KEYS = frozenset(_common(Spec(name="x", budgets=[1.0])))
+
+
 def plan(spec: Spec) -> list[Run]:
     """Every run of the sweep, by budget, then size, then (lr, batch) multipliers and seed."""
     budgets = spec.budget_values()
@@ -113,6 +132,7 @@ def plan(spec: Spec) -> list[Run]:
     # half a grid step keeps the order and the spacing recognisable; never demand more than ~10%
     tolerance = max(step / 2, math.log(1.1))
     common = _common(spec)
+    common_blob = _canonical(common)
     runs: list[Run] = []
     for budget in budgets:
         try:
@@ -141,7 +161,7 @@ def plan(spec: Spec) -> list[Run]:
                 for lm in spec.lr_grid:
                     lr = hparams.evaluate(spec.lr, "lr", C=budget, N=n, D=tokens) * lm
                     for seed in spec.seeds:
-                        definition = {
+                        own = {
                             "budget": budget,
                             "shape": {
                                 "n_layer": n_layer, "d_model": d_model, "n_head": shape.n_head,
@@ -149,14 +169,17 @@ def plan(spec: Spec) -> list[Run]:
                                 "tied": fam.tied, "qk_norm": fam.qk_norm,
                             },
                             "tokens": tokens, "steps": steps, "batch_seqs": seqs, "batch_tokens": batch_tokens,
-                            "lr": float(f"{lr:.6g}"), "seed": seed, **common,
+                            "lr": float(f"{lr:.6g}"), "seed": seed,
                         }
+                        own_blob = _canonical(own)
                         runs.append(Run(
-                            run_id=run_id_of(definition), budget=budget, point=point,
+                            run_id=hashlib.sha256(common_blob + b"|" + own_blob).hexdigest()[:12],
+                            budget=budget, point=point,
                             n_layer=n_layer, d_model=d_model, n_head=shape.n_head, params=n,
                             tokens=tokens, steps=steps, batch_seqs=seqs, batch_tokens=batch_tokens,
-                            lr=definition["lr"], seed=seed, lr_mult=lm, batch_mult=bm, flops=run_flops,
-                            ledger=flops.ledger(shape, tokens, spec.params), definition=definition,
+                            lr=own["lr"], seed=seed, lr_mult=lm, batch_mult=bm, flops=run_flops,
+                            ledger=flops.ledger(shape, tokens, spec.params), definition={**common, **own},
+                            definition_json=_merged_json(common_blob, own_blob),
                         ))
     return runs
 

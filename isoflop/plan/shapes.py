@@ -99,8 +99,15 @@ def pick_shapes(
         start = int(np.searchsorted(cands.log_params, prev, side="right"))
         if start >= len(cands.log_params):
             raise ShapeError(f"no shape of the model family has N above {math.exp(prev):.4g}")
-        lp = cands.log_params[start:]
-        score = np.abs(lp - lt) + cands.aspect_cost[start:]
+        # only shapes within the tolerance can be picked; look at those alone when there are any
+        lo = max(start, int(np.searchsorted(cands.log_params, lt - tolerance, side="left")))
+        hi = int(np.searchsorted(cands.log_params, lt + tolerance, side="right"))
+        if lo < hi:
+            start, stop = lo, hi
+        else:
+            stop = len(cands.log_params)
+        lp = cands.log_params[start:stop]
+        score = np.abs(lp - lt) + cands.aspect_cost[start:stop]
         i = int(np.argmin(score))
         if abs(lp[i] - lt) > tolerance:
             near = math.exp(lp[i])

@@ -4,8 +4,11 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Optional
 
+import json
+
 from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 SCHEMA_VERSION = 1
 
@@ -21,6 +24,22 @@ FINAL_STATES = ("completed", "failed", "diverged", "lost", "cancelled")
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class JSONText(TypeDecorator):
+    """JSON in a text column that also accepts an already serialised string (the planner
+    serialises each run's definition once; re-encoding 10,000 of them costs a third of a second)."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None or isinstance(value, str):
+            return value
+        return json.dumps(value, sort_keys=True)
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else json.loads(value)
 
 
 class Base(DeclarativeBase):
@@ -71,7 +90,7 @@ class Run(Base):
     flops_6nd: Mapped[float] = mapped_column(Float)
     flops_6nd_attention: Mapped[float] = mapped_column(Float)
     flops_exact: Mapped[float] = mapped_column(Float)
-    definition: Mapped[dict[str, Any]] = mapped_column(JSON)
+    definition: Mapped[dict[str, Any]] = mapped_column(JSONText)
     # derived from attempts and run files (ingestion); never written by compute nodes
     state: Mapped[str] = mapped_column(String(16), default="planned")
     reason: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
@@ -84,6 +103,10 @@ class Run(Base):
     wall_s: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
     diverged_step: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
     metrics_offset: Mapped[int] = mapped_column(Integer, default=0)  # bytes of metrics.jsonl ingested
+    # dispatch: the lr scale of the next attempts (retry --lr-scale), and how many attempts a retry
+    # stopped counting against the profile's max_attempts
+    lr_scale: Mapped[float] = mapped_column(Float, default=1.0)
+    attempt_base: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -107,6 +130,10 @@ class Attempt(Base):
     stderr: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
     reason: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
     lr_scale: Mapped[float] = mapped_column(Float, default=1.0)
+    # the submission this attempt belongs to: recorded before sbatch, it is in the job's name, so a
+    # submit that died between sbatch and recording the job id can find (adopt) its job again
+    token: Mapped[Optional[str]] = mapped_column(String(64), nullable=True, index=True)
+    task: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)  # job index within the submission
 
 
 class Metric(Base):

@@ -162,9 +162,12 @@ def load(kind: str = "stdlib", path: str | None = None, seq_len: int | None = No
     return s
 
 
-def batch_indices(n: int, seed: int, step: int, batch_seqs: int, seq_len: int) -> np.ndarray:
-    """Start offsets of one batch: a pure function of (seed, step)."""
-    rng = np.random.default_rng([seed, step])
+EVAL_TAG = 0xE7A1  # makes the held-out stream distinct from every training stream
+
+
+def batch_indices(n: int, seed: int, step: int, batch_seqs: int, seq_len: int, tag: int | None = None) -> np.ndarray:
+    """Start offsets of one batch: a pure function of (seed, step) (and tag, for evaluation)."""
+    rng = np.random.default_rng([seed, step] if tag is None else [seed, step, tag])
     return rng.integers(0, n - seq_len - 1, size=batch_seqs, dtype=np.int64)
 
 
@@ -181,5 +184,5 @@ def train_batch(splits: Splits, seed: int, step: int, batch_seqs: int, seq_len: 
 
 def eval_batches(splits: Splits, n_batches: int, batch_seqs: int, seq_len: int, eval_seed: int = 1234) -> list[np.ndarray]:
     """Fixed held-out batches: depend only on the eval seed, the val split and the sizes."""
-    return [gather(splits.val, batch_indices(len(splits.val), eval_seed, -1 - i, batch_seqs, seq_len), seq_len)
+    return [gather(splits.val, batch_indices(len(splits.val), eval_seed, i, batch_seqs, seq_len, EVAL_TAG), seq_len)
             for i in range(n_batches)]

@@ -1,0 +1,170 @@
+"""Cluster profiles: how to reach a cluster (or this machine) and how big its jobs may be.
+
+A profile is a YAML file. `load_profile(name_or_path)` finds `cluster_profiles/<name>.yaml`
+(or `$ISOFLOP_PROFILES/<name>.yaml`, or a path) and validates it; every problem is one line.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .. import CLUSTER_PROFILES
+
+
+class ProfileError(ValueError):
+    """A profile that cannot be used; one line naming the file and the field."""
+
+
+class Profile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = ""
+    description: str = ""
+    executor: Literal["local", "slurm"] = "local"
+    # --- where the jobs go (slurm)
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    # --- what one job asks for
+    gpus_per_node: int = Field(0, ge=0, description="GPUs a node has (informational for whole-node clusters)")
+    gpus_per_run: int = Field(0, ge=0, description="GPUs one run uses (0: a CPU run)")
+    cpus_per_task: int = Field(1, ge=1)
+    mem_gb: Optional[float] = Field(None, gt=0)
+    max_time_minutes: int = Field(60, ge=1, description="the longest job the partition allows")
+    min_time_minutes: int = Field(1, ge=1, description="the shortest time a job requests (floor)")
+    setup: list[str] = Field(default_factory=list, description="lines run before the job (module load, venv)")
+    sbatch: dict[str, Any] = Field(default_factory=dict, description="extra sbatch parameters (no leading --)")
+    srun: bool = Field(False, description="start each run's command under srun (multi-task external trainers)")
+    # --- arrays and packing
+    max_array_size: int = Field(1001, ge=1, description="the cluster's MaxArraySize (largest index + 1)")
+    array_parallelism: int = Field(64, ge=1, description="array tasks running at once (%N)")
+    pack_target_minutes: float = Field(10.0, ge=0, description="pack short runs into jobs of about this length; 0: one run per job")
+    # --- attempts
+    max_attempts: int = Field(3, ge=1, description="scheduler jobs per run before it is failed")
+    max_requeues: int = Field(3, ge=0, description="time-limit/preemption requeues of one job (beyond what its runs' length needs)")
+    # --- local executor
+    workers: int = Field(0, ge=0, description="local: runs at once (0: CPU count // threads per run)")
+    # --- time estimate: seconds = flops_exact / (peak_flops * mfu * max(gpus_per_run, 1)) * time_margin + run_overhead_s
+    peak_flops: float = Field(1e11, gt=0, description="peak FLOP/s of one GPU (or of the CPUs of a CPU run)")
+    mfu: float = Field(0.4, gt=0, le=1, description="expected model FLOPs utilisation")
+    time_margin: float = Field(1.5, ge=1.0, description="safety factor on the estimated run time")
+    run_overhead_s: float = Field(60.0, ge=0, description="start-up time of one run (imports, data, compile)")
+    path: Optional[str] = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Profile":
+        if self.min_time_minutes > self.max_time_minutes:
+            raise ValueError(f"min_time_minutes ({self.min_time_minutes}) exceeds max_time_minutes ({self.max_time_minutes})")
+        if self.gpus_per_node and self.gpus_per_run > self.gpus_per_node:
+            raise ValueError(f"gpus_per_run ({self.gpus_per_run}) exceeds gpus_per_node ({self.gpus_per_node})")
+        for k in ("account", "partition", "qos", "constraint"):
+            v = getattr(self, k)
+            if isinstance(v, str) and ("FILL" in v or "<" in v):
+                raise ValueError(f"{k} is {v!r}: fill in your value (see the comment in the profile)")
+        for k in self.sbatch:
+            if k.startswith("-"):
+                raise ValueError(f"sbatch: write {k.lstrip('-')!r} without leading dashes")
+        return self
+
+    @property
+    def throughput(self) -> float:
+        """Sustained FLOP/s of one run."""
+        return self.peak_flops * self.mfu * max(self.gpus_per_run, 1)
+
+    def run_seconds(self, flops_exact: float) -> float:
+        """The time a run of these FLOPs is expected to take, margin included."""
+        return flops_exact / self.throughput * self.time_margin + self.run_overhead_s
+
+    def job_minutes(self, seconds: float) -> int:
+        """The time request (minutes) for a job expected to take `seconds`, floored and capped."""
+        return int(min(self.max_time_minutes, max(self.min_time_minutes, math.ceil(seconds / 60))))
+
+    def local_workers(self, threads_per_run: int = 1) -> int:
+        if self.workers:
+            return self.workers
+        return max(1, (os.cpu_count() or 1) // max(1, threads_per_run))
+
+    def gpu_hours(self, flops_exact: float) -> float:
+        return flops_exact / self.throughput * max(self.gpus_per_run, 1) / 3600
+
+
+def _search_dirs() -> list[Path]:
+    dirs = []
+    env = os.environ.get("ISOFLOP_PROFILES")
+    if env:
+        dirs += [Path(p) for p in env.split(os.pathsep) if p]
+    dirs.append(CLUSTER_PROFILES)
+    return dirs
+
+
+def _one_line(e: ValidationError) -> str:
+    err = max(e.errors(), key=lambda x: len(x["loc"]))
+    loc = ".".join(str(p) for p in err["loc"]) or "profile"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    return f"{loc}: {msg}"
+
+
+def parse_profile(data: Any, *, name: str, path: Optional[Path] = None) -> Profile:
+    where = str(path) if path else name
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ProfileError(f"{where}: a profile must be a mapping of keys to values")
+    data = {"name": name, **data, "path": str(path) if path else None}
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as e:
+        raise ProfileError(f"{where}: {_one_line(e)}") from None
+
+
+def load_profile(name_or_path: str | Path) -> Profile:
+    """A profile by name (cluster_profiles/<name>.yaml, $ISOFLOP_PROFILES) or by path."""
+    import yaml
+
+    s = str(name_or_path)
+    p = Path(s).expanduser()
+    if not (s.endswith((".yaml", ".yml")) or os.sep in s) or not p.is_file():
+        found = [d / f"{s}.yaml" for d in _search_dirs() if (d / f"{s}.yaml").is_file()]
+        if found:
+            p = found[0]
+        elif not p.is_file():
+            names = ", ".join(sorted(pr.name for pr in list_profiles())) or "none"
+            raise ProfileError(f"no cluster profile {s!r} (a name in cluster_profiles/ or a YAML path); known: {names}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" line {mark.line + 1}" if mark else ""
+        raise ProfileError(f"{p}:{at} invalid YAML ({getattr(e, 'problem', e)})") from None
+    except OSError as e:
+        raise ProfileError(f"{p}: cannot read profile ({e.strerror})") from None
+    name = p.stem if p.suffix in (".yaml", ".yml") else p.name
+    return parse_profile(data, name=(data or {}).get("name", name) if isinstance(data, dict) else name, path=p.resolve())
+
+
+def list_profiles() -> list[Profile | ProfileError]:
+    """Every profile in the search path (a broken one as its error)."""
+    import yaml
+
+    out: list[Profile | ProfileError] = []
+    seen: set[str] = set()
+    for d in _search_dirs():
+        for p in sorted(d.glob("*.yaml")) if d.is_dir() else []:
+            if p.stem in seen:
+                continue
+            seen.add(p.stem)
+            try:
+                data = yaml.safe_load(p.read_text())
+                out.append(parse_profile(data, name=p.stem, path=p.resolve()))
+            except ProfileError as e:
+                out.append(e)
+            except Exception as e:  # unreadable YAML
+                out.append(ProfileError(f"{p}: {str(e).splitlines()[0]}"))
+    return out

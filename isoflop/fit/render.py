@@ -1,0 +1,114 @@
+"""Draw a FitReport in the terminal with rich (tables only; no computation here)."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .report import FitReport
+
+
+def _g(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "—"
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    if not math.isfinite(f):
+        return "—"
+    return f"{f:.{digits}g}"
+
+
+def _ci(ci: Any, digits: int = 3) -> str:
+    return "—" if ci is None else f"{_g(ci[0], digits)} – {_g(ci[1], digits)}"
+
+
+def render_report(report: FitReport, console: Any) -> None:
+    from rich.table import Table
+
+    s = report.settings
+    win = "all points" if s.get("window") is None else f"{s['window']} sizes"
+    console.print(f"[bold]IsoFLOP fit[/bold] — minimizer {s.get('minimizer')} ({win}), "
+                  f"bootstrap {s.get('bootstrap')} resamples, seed {s.get('seed')}")
+
+    t = Table(title="Budgets (per-budget optimum)")
+    for col in ("budget C", "N_opt", "N_opt 5–95%", "D_opt", "L_opt", "points", "used", "flags"):
+        t.add_column(col, justify="left" if col == "flags" else "right")
+    for i, f in enumerate(report.budgets):
+        ci = report.budget_ci[i] if report.budget_ci else None
+        used = report.used[i]
+        style = None if used else "dim"
+        t.add_row(_g(f.budget), _g(f.n_opt), _ci(ci), _g(f.d_opt), _g(f.loss_opt, 4),
+                  f"{f.points_used}/{f.points}", "yes" if used else "no",
+                  ", ".join(f.flags) if f.flags else "", style=style)
+    console.print(t)
+
+    if report.frontier is None:
+        console.print(f"[bold red]No frontier:[/bold red] {report.frontier_reason}")
+    else:
+        fr = report.frontier
+        t = Table(title=f"Frontier (power laws in C over {len(fr.budgets)} budgets; 5–95% bootstrap)")
+        for col in ("quantity", "exponent", "exponent 5–95%", "coefficient", "coefficient 5–95%"):
+            t.add_column(col, justify="right")
+        for name, law in (("N_opt (a)", fr.params), ("D_opt (b)", fr.tokens), ("L_opt", fr.loss)):
+            t.add_row(name, _g(law.exponent, 4), _ci(law.exponent_ci, 4), _g(law.coefficient, 4),
+                      _ci(law.coefficient_ci, 3))
+        console.print(t)
+        if report.samples is not None and report.samples.dropped:
+            console.print(f"[yellow]{report.samples.dropped} bootstrap resample(s) had fewer than 2 usable "
+                          f"budgets and were dropped[/yellow]")
+
+    if report.predictions:
+        t = Table(title="Predictions (5–95% bootstrap)")
+        for col in ("budget C", "N_opt", "N_opt 5–95%", "D_opt", "D_opt 5–95%", "L_opt", "L_opt 5–95%"):
+            t.add_column(col, justify="right")
+        for p in report.predictions:
+            t.add_row(_g(p.budget), _g(p.n_opt), _ci(p.n_opt_ci), _g(p.d_opt), _ci(p.d_opt_ci),
+                      _g(p.loss_opt, 4), _ci(p.loss_opt_ci, 4))
+        console.print(t)
+
+    if report.parametric or report.parametric_reason:
+        if report.parametric_reason:
+            console.print(f"[bold red]No parametric fit:[/bold red] {report.parametric_reason}")
+        t = Table(title="Parametric fit L = E + A/N^α + B/D^β")
+        for col in ("method", "E", "A", "B", "α", "β", "a = β/(α+β)", "objective", "points"):
+            t.add_column(col, justify="right")
+        for p in report.parametric:
+            t.add_row(p.method, _g(p.E, 4), _g(p.A, 4), _g(p.B, 4), _g(p.alpha, 4), _g(p.beta, 4), _g(p.a, 4),
+                      _g(p.objective, 6), str(p.n_points))
+        if report.parametric:
+            console.print(t)
+
+    if report.envelope is not None:
+        e = report.envelope
+        if e.params_law is None:
+            console.print("[yellow]Envelope: too few usable FLOP levels for a power law[/yellow]")
+        else:
+            console.print(f"Envelope (approach 1): N_opt ∝ C^{e.params_law.exponent:.4f} over "
+                          f"{int(e.used.sum())} FLOP levels ({e.censored} censored at the smallest/largest N)")
+
+    if report.backtest is not None:
+        bt = report.backtest
+        if bt.reason:
+            console.print(f"[yellow]Backtest:[/yellow] {bt.reason}")
+        else:
+            t = Table(title=f"Backtest: fit without the top {bt.holdout_top} budget(s)")
+            for col in ("budget C", "N_opt measured", "N_opt predicted", "error", "in 5–95%",
+                        "L_opt measured", "L_opt predicted", "error"):
+                t.add_column(col, justify="right")
+            for p in bt.points:
+                t.add_row(_g(p.budget), _g(p.measured.n_opt), _g(p.predicted.n_opt), f"{p.n_opt_error:+.1%}",
+                          "—" if p.n_opt_in_ci is None else ("yes" if p.n_opt_in_ci else "no"),
+                          _g(p.measured.loss_opt, 4), _g(p.predicted.loss_opt, 4), f"{p.loss_opt_error:+.2%}")
+            console.print(t)
+
+    if report.excluded:
+        t = Table(title=f"Excluded runs ({len(report.excluded)})")
+        t.add_column("run")
+        t.add_column("budget", justify="right")
+        t.add_column("reason")
+        for e in report.excluded[:50]:
+            t.add_row(e.run_id, _g(e.budget), e.reason)
+        if len(report.excluded) > 50:
+            t.add_row("…", "", f"{len(report.excluded) - 50} more (see --json)")
+        console.print(t)

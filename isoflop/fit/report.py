@@ -1,0 +1,357 @@
+"""`fit_sweep`: the whole analysis of a sweep, as one frozen `FitReport`.
+
+Pure: no I/O, no printing. `FitReport.to_json()` is what `isoflop fit --json`
+prints; `render.render_report` draws it with rich; `plots.save_plots` draws it
+with matplotlib.
+
+Which budgets enter the frontier: those without flags. `vertex_near_edge`
+is excluded by default too, because a vertex within one grid step of the
+sampled edge is fixed mostly by the points on one side of it (and in a
+bootstrap it often crosses the edge); `keep_flagged=("vertex_near_edge",)`
+keeps such budgets, `keep_flagged=True` keeps every budget that has a vertex
+(out-of-range ones included). Budgets flagged too_few_points/not_convex have
+no vertex and never enter.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from .bootstrap import BootstrapVertices, FrontierSamples, bootstrap_vertices, frontier_samples, interval
+from .envelope import Envelope, fit_envelope
+from .frontier import Frontier, PowerLaw, fit_frontier
+from .isoflop import (MINIMIZERS, VERTEX_OUT_OF_RANGE, IsoflopFit, fit_budget, group_by_budget,
+                      normalise_window, selected)
+from .parametric import ParametricFit, fit_parametric
+from .table import FitTable, snap_budgets
+
+
+@dataclass(frozen=True)
+class Excluded:
+    run_id: str
+    budget: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Frontier at a budget C. `n_opt` is the field the CLI passes to the planner."""
+
+    budget: float
+    n_opt: float
+    d_opt: float
+    loss_opt: float
+    n_opt_ci: tuple[float, float] | None = None
+    d_opt_ci: tuple[float, float] | None = None
+    loss_opt_ci: tuple[float, float] | None = None
+    n_opt_median: float | None = None
+    d_opt_median: float | None = None
+    loss_opt_median: float | None = None
+
+
+@dataclass(frozen=True)
+class BacktestPoint:
+    budget: float
+    measured: IsoflopFit
+    predicted: Prediction
+    n_opt_error: float       # predicted / measured − 1
+    d_opt_error: float
+    loss_opt_error: float
+    n_opt_in_ci: bool | None
+    d_opt_in_ci: bool | None
+    loss_opt_in_ci: bool | None
+
+
+@dataclass(frozen=True)
+class Backtest:
+    holdout_top: int
+    train_budgets: tuple[float, ...]
+    frontier: Frontier | None
+    points: tuple[BacktestPoint, ...]
+    reason: str | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class FitReport:
+    budgets: tuple[IsoflopFit, ...]
+    used: tuple[bool, ...]                     # per budget: enters the frontier
+    frontier: Frontier | None
+    frontier_reason: str | None
+    excluded: tuple[Excluded, ...]
+    predictions: tuple[Prediction, ...]
+    parametric: tuple[ParametricFit, ...]
+    parametric_reason: str | None
+    backtest: Backtest | None
+    envelope: Envelope | None
+    settings: dict[str, Any]
+    points: tuple[tuple[float, np.ndarray, np.ndarray], ...] = field(repr=False)  # (budget, N, loss) usable runs
+    bootstrap: BootstrapVertices | None = field(default=None, repr=False)
+    samples: FrontierSamples | None = field(default=None, repr=False)
+    budget_ci: tuple[tuple[float, float] | None, ...] = ()   # per budget: 5–95% of N_opt (selected budgets)
+
+    def predict(self, compute: Sequence[float]) -> tuple[Prediction, ...]:
+        return _predictions(self.frontier, self.samples, compute)
+
+    def to_json(self) -> dict[str, Any]:
+        return _clean(_report_json(self))
+
+
+# ---------------------------------------------------------------------------- helpers
+def _clean(obj: Any) -> Any:
+    """JSON-safe: NaN/inf -> None, numpy scalars -> Python, tuples -> lists."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [_clean(v) for v in obj.tolist()]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    return obj
+
+
+def _ci(samples: np.ndarray) -> tuple[tuple[float, float] | None, float | None]:
+    iv = interval(samples)
+    if iv is None:
+        return None, None
+    med, lo, hi = iv
+    return (lo, hi), med
+
+
+def _with_ci(law: PowerLaw, slopes: np.ndarray, icpts: np.ndarray) -> PowerLaw:
+    from dataclasses import replace
+
+    e_ci, e_med = _ci(slopes)
+    c_ci, c_med = _ci(np.exp(icpts))
+    return replace(law, exponent_ci=e_ci, exponent_median=e_med, coefficient_ci=c_ci, coefficient_median=c_med)
+
+
+def _predictions(frontier: Frontier | None, samples: FrontierSamples | None,
+                 compute: Sequence[float]) -> tuple[Prediction, ...]:
+    if frontier is None:
+        return ()
+    out = []
+    for c in compute:
+        c = float(c)
+        n = float(frontier.params(c))
+        kw: dict[str, Any] = {}
+        if samples is not None and samples.ok.any():
+            lc = math.log(c)
+            ok = samples.ok
+            ln = samples.slope_n[ok] * lc + samples.icpt_n[ok]
+            ll = samples.slope_l[ok] * lc + samples.icpt_l[ok]
+            for key, vals in (("n_opt", np.exp(ln)), ("d_opt", c / (6.0 * np.exp(ln))), ("loss_opt", np.exp(ll))):
+                ci, med = _ci(vals)
+                kw[f"{key}_ci"], kw[f"{key}_median"] = ci, med
+        out.append(Prediction(budget=c, n_opt=n, d_opt=c / (6.0 * n), loss_opt=float(frontier.loss(c)), **kw))
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------- the fit
+def fit_sweep(table: FitTable, *, window: int | str | None = 5, minimizer: str = "parabola",
+              keep_flagged: bool | Sequence[str] = False, bootstrap: int = 1000, seed: int = 0,
+              predict: Sequence[float] = (), holdout_top: int = 0, parametric: str | None = None,
+              curves: Sequence[Any] | None = None, budgets: Sequence[float] | None = None,
+              budget_tolerance: float = 0.10, n_starts: int | None = 20) -> FitReport:
+    """Fit a sweep: per-budget optima, frontier with bootstrap intervals, predictions, extras.
+
+    table: every run (failed ones included: they are reported, never fitted).
+    budgets / budget_tolerance: how runs with an unknown budget (NaN) are
+    snapped from their FLOPs (a list of budgets, or clustering when None).
+    bootstrap: number of resamples (0 = no intervals).
+    parametric: None, "lse", "varpro" or "all" (fits every usable run).
+    curves: training curves for the envelope (approach 1), see envelope.fit_envelope.
+    """
+    if minimizer not in MINIMIZERS:
+        raise ValueError(f"minimizer must be one of {MINIMIZERS}, got {minimizer!r}")
+    k = normalise_window(window)
+    if parametric not in (None, "lse", "varpro", "all"):
+        raise ValueError(f"parametric must be None, 'lse', 'varpro' or 'all', got {parametric!r}")
+    if int(bootstrap) < 0 or int(holdout_top) < 0:
+        raise ValueError("bootstrap and holdout_top must be >= 0")
+    reasons = table.exclusion_reasons()
+    usable = np.array([r is None for r in reasons], dtype=bool)
+    budget = table.budget.copy()
+    unknown = ~np.isfinite(budget)
+    if unknown.any():
+        compute = table.compute
+        snap_rows = unknown & usable
+        snapped = snap_budgets(compute[snap_rows], budgets, budget_tolerance)
+        budget[snap_rows] = snapped
+        # failed runs: snap to the known budgets for reporting only
+        known = np.unique(budget[np.isfinite(budget)])
+        rest = unknown & ~usable
+        if rest.any() and known.size:
+            budget[rest] = snap_budgets(compute[rest], known, budget_tolerance)
+    excluded: list[Excluded] = []
+    for i, why in enumerate(reasons):
+        if why is not None:
+            excluded.append(Excluded(str(table.run_id[i]), float(budget[i]), why))
+        elif not np.isfinite(budget[i]):
+            c = float(table.compute[i])
+            why = (f"FLOPs {c:.3g} not within ±{budget_tolerance:.0%} of a budget" if budgets is not None
+                   else f"FLOPs {c:.3g}: fewer than 3 runs within ±{budget_tolerance:.0%}")
+            excluded.append(Excluded(str(table.run_id[i]), math.nan, why))
+    fit_rows = usable & np.isfinite(budget)
+    n_all, y_all, b_all = table.params[fit_rows], table.loss[fit_rows], budget[fit_rows]
+    groups = [(c, n_all[idx], y_all[idx]) for c, idx in group_by_budget(b_all)]
+    fits = tuple(fit_budget(n, y, c, window=k, minimizer=minimizer) for c, n, y in groups)
+    use = tuple(selected(fits, keep_flagged))
+
+    frontier = fit_frontier(fits, use)
+    frontier_reason = None
+    if frontier is None:
+        frontier_reason = (f"{sum(use)} usable budget(s) of {len(fits)}; the frontier needs at least 2"
+                           + ("" if not fits else " (flagged budgets are left out; keep_flagged=True to use them)"
+                              if any(f.flags for f in fits) else ""))
+
+    bv = samples = None
+    budget_ci: list[tuple[float, float] | None] = [None] * len(fits)
+    sel_idx = [i for i, u in enumerate(use) if u]
+    if frontier is not None and int(bootstrap) > 0:
+        allow_oor = keep_flagged is True or (not isinstance(keep_flagged, bool)
+                                             and VERTEX_OUT_OF_RANGE in set(keep_flagged))
+        bv = bootstrap_vertices([groups[i] for i in sel_idx], window=k, minimizer=minimizer,
+                                n_resamples=int(bootstrap), seed=seed, allow_out_of_range=allow_oor)
+        samples = frontier_samples(bv)
+        frontier = Frontier(params=_with_ci(frontier.params, samples.slope_n[samples.ok], samples.icpt_n[samples.ok]),
+                            tokens=_with_ci(frontier.tokens, samples.slope_d[samples.ok], samples.icpt_d[samples.ok]),
+                            loss=_with_ci(frontier.loss, samples.slope_l[samples.ok], samples.icpt_l[samples.ok]),
+                            budgets=frontier.budgets)
+        for col, i in enumerate(sel_idx):
+            v = bv.valid[:, col]
+            ci, _ = _ci(np.exp(bv.log_n[v, col])) if v.any() else (None, None)
+            budget_ci[i] = ci
+
+    preds = _predictions(frontier, samples, predict)
+
+    backtest = None
+    if int(holdout_top) > 0:
+        backtest = _backtest(fits, sel_idx, int(holdout_top), bv)
+
+    par: tuple[ParametricFit, ...] = ()
+    par_reason = None
+    if parametric is not None:
+        try:
+            par = fit_parametric(table.params[usable], table.tokens[usable], table.loss[usable],
+                                 method=parametric, n_starts=n_starts)
+        except ValueError as exc:
+            par_reason = str(exc)
+
+    env = fit_envelope(curves) if curves is not None else None
+    settings = dict(window=k, minimizer=minimizer, keep_flagged=keep_flagged if isinstance(keep_flagged, bool)
+                    else list(keep_flagged), bootstrap=int(bootstrap), seed=seed, holdout_top=int(holdout_top),
+                    parametric=parametric, budget_tolerance=budget_tolerance,
+                    budgets=None if budgets is None else [float(b) for b in budgets])
+    return FitReport(budgets=fits, used=use, frontier=frontier, frontier_reason=frontier_reason,
+                     excluded=tuple(excluded), predictions=preds, parametric=par, parametric_reason=par_reason,
+                     backtest=backtest, envelope=env, settings=settings, points=tuple(groups), bootstrap=bv,
+                     samples=samples, budget_ci=tuple(budget_ci))
+
+
+def _backtest(fits: Sequence[IsoflopFit], sel_idx: list[int], k: int, bv: BootstrapVertices | None) -> Backtest:
+    if len(sel_idx) - k < 2:
+        return Backtest(holdout_top=k, train_budgets=(), frontier=None, points=(),
+                        reason=f"{len(sel_idx)} usable budget(s): holding out {k} leaves fewer than 2 to fit")
+    train, held = sel_idx[:-k], sel_idx[-k:]
+    use = [i in train for i in range(len(fits))]
+    fr = fit_frontier(fits, use)
+    samples = None
+    if bv is not None:
+        cols = np.array([i in train for i in sel_idx])
+        samples = frontier_samples(bv, cols)
+        fr = Frontier(params=_with_ci(fr.params, samples.slope_n[samples.ok], samples.icpt_n[samples.ok]),
+                      tokens=_with_ci(fr.tokens, samples.slope_d[samples.ok], samples.icpt_d[samples.ok]),
+                      loss=_with_ci(fr.loss, samples.slope_l[samples.ok], samples.icpt_l[samples.ok]),
+                      budgets=fr.budgets)
+    preds = _predictions(fr, samples, [fits[i].budget for i in held])
+    pts = []
+    for i, p in zip(held, preds):
+        m = fits[i]
+
+        def inside(ci, v):
+            return None if ci is None else bool(ci[0] <= v <= ci[1])
+
+        pts.append(BacktestPoint(budget=m.budget, measured=m, predicted=p, n_opt_error=p.n_opt / m.n_opt - 1.0,
+                                 d_opt_error=p.d_opt / m.d_opt - 1.0, loss_opt_error=p.loss_opt / m.loss_opt - 1.0,
+                                 n_opt_in_ci=inside(p.n_opt_ci, m.n_opt), d_opt_in_ci=inside(p.d_opt_ci, m.d_opt),
+                                 loss_opt_in_ci=inside(p.loss_opt_ci, m.loss_opt)))
+    return Backtest(holdout_top=k, train_budgets=tuple(fits[i].budget for i in train), frontier=fr, points=tuple(pts))
+
+
+# ---------------------------------------------------------------------------- JSON
+def _law_json(law: PowerLaw) -> dict[str, Any]:
+    return {"exponent": law.exponent, "exponent_ci": law.exponent_ci, "exponent_median": law.exponent_median,
+            "coefficient": law.coefficient, "coefficient_ci": law.coefficient_ci,
+            "coefficient_median": law.coefficient_median, "residual_std": law.residual_std}
+
+
+def _frontier_json(fr: Frontier | None) -> dict[str, Any] | None:
+    if fr is None:
+        return None
+    return {"params": _law_json(fr.params), "tokens": _law_json(fr.tokens), "loss": _law_json(fr.loss),
+            "budgets": list(fr.budgets)}
+
+
+def _pred_json(p: Prediction) -> dict[str, Any]:
+    return {"budget": p.budget, "n_opt": p.n_opt, "n_opt_ci": p.n_opt_ci, "n_opt_median": p.n_opt_median,
+            "d_opt": p.d_opt, "d_opt_ci": p.d_opt_ci, "d_opt_median": p.d_opt_median,
+            "loss_opt": p.loss_opt, "loss_opt_ci": p.loss_opt_ci, "loss_opt_median": p.loss_opt_median}
+
+
+def _report_json(r: FitReport) -> dict[str, Any]:
+    budgets = []
+    for i, f in enumerate(r.budgets):
+        deg = None
+        if r.bootstrap is not None and r.used[i]:
+            col = [j for j, u in enumerate(r.used) if u].index(i)
+            deg = r.bootstrap.degenerate[col]
+        budgets.append({"budget": f.budget, "n_opt": f.n_opt, "n_opt_ci": r.budget_ci[i] if r.budget_ci else None,
+                        "d_opt": f.d_opt, "loss_opt": f.loss_opt, "points": f.points, "points_used": f.points_used,
+                        "sizes": f.sizes, "n_min": f.n_min, "n_max": f.n_max, "in_range": f.in_range,
+                        "flags": list(f.flags), "used": r.used[i], "curvature": f.curvature,
+                        "minimizer": f.minimizer, "window": f.window, "bootstrap_degenerate": deg})
+    out: dict[str, Any] = {
+        "budgets": budgets,
+        "frontier": _frontier_json(r.frontier),
+        "frontier_reason": r.frontier_reason,
+        "excluded": [{"run_id": e.run_id, "budget": e.budget, "reason": e.reason} for e in r.excluded],
+        "predictions": [_pred_json(p) for p in r.predictions],
+        "settings": r.settings,
+    }
+    if r.bootstrap is not None and r.samples is not None:
+        out["bootstrap"] = {"resamples": r.bootstrap.n_resamples, "seed": r.bootstrap.seed,
+                            "dropped": r.samples.dropped, "interval": [5, 95]}
+    if r.settings.get("parametric") is not None:
+        out["parametric"] = [{"method": p.method, "E": p.E, "A": p.A, "B": p.B, "alpha": p.alpha, "beta": p.beta,
+                              "a": p.a, "b": p.b, "objective": p.objective, "points": p.n_points,
+                              "converged": p.converged} for p in r.parametric]
+        out["parametric_reason"] = r.parametric_reason
+    if r.backtest is not None:
+        bt = r.backtest
+        out["backtest"] = {
+            "holdout_top": bt.holdout_top, "train_budgets": list(bt.train_budgets), "reason": bt.reason,
+            "frontier": _frontier_json(bt.frontier),
+            "held_out": [{"budget": p.budget, "n_opt_measured": p.measured.n_opt, "n_opt_predicted": p.predicted.n_opt,
+                          "n_opt_ci": p.predicted.n_opt_ci, "n_opt_error": p.n_opt_error, "n_opt_in_ci": p.n_opt_in_ci,
+                          "d_opt_measured": p.measured.d_opt, "d_opt_predicted": p.predicted.d_opt,
+                          "d_opt_ci": p.predicted.d_opt_ci, "d_opt_error": p.d_opt_error, "d_opt_in_ci": p.d_opt_in_ci,
+                          "loss_opt_measured": p.measured.loss_opt, "loss_opt_predicted": p.predicted.loss_opt,
+                          "loss_opt_ci": p.predicted.loss_opt_ci, "loss_opt_error": p.loss_opt_error,
+                          "loss_opt_in_ci": p.loss_opt_in_ci} for p in bt.points],
+        }
+    if r.envelope is not None:
+        e = r.envelope
+        out["envelope"] = {"params": None if e.params_law is None else _law_json(e.params_law),
+                           "tokens": None if e.tokens_law is None else _law_json(e.tokens_law),
+                           "levels": int(len(e.flops)), "levels_used": int(e.used.sum()),
+                           "censored": e.censored, "uncovered": e.uncovered}
+    return out

@@ -1,0 +1,345 @@
+"""The training loop: AdamW, warmup + cosine/WSD schedule, clipping, evaluation, metrics,
+checkpoints, divergence detection, result.json.
+
+Files under the run folder:
+  metrics.jsonl   one JSON line every `log_every` steps and at the last step: step (completed
+                  steps), tokens, flops (measured FLOPs per token x tokens), train_loss (mean over
+                  the steps since the previous line), lr, tokens_per_s, wall_s; val_loss when
+                  evaluated. On resume, lines past the checkpoint's step are dropped.
+  checkpoint.pt   see checkpoint.py; removed after the run finishes unless keep_checkpoint.
+  result.json     written once at the end, atomically (tmp + fsync + os.replace): complete or absent.
+
+Divergence: the run stops with diverged=true and diverged_step=k (k = the 1-based step whose
+training loss was bad) when the loss is not finite, or exceeds 4 ln(V) at any step, or exceeds
+2 ln(V) after warmup (ln V is the loss of a uniform guess: a healthy run stays well below it).
+val_loss is then null. On CPU every step is checked; on CUDA only at log steps (no per-step sync).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from isoflop.plan import flops as plan_flops
+from isoflop.train import checkpoint as ckpt
+from isoflop.train import data as data_mod
+from isoflop.train.checkpoint import Preempted
+from isoflop.train.config import RunConfig
+from isoflop.train.flops_count import measured_flops_per_token
+from isoflop.train.model import GPT, GPTConfig
+
+RESULT_NAME = "result.json"
+METRICS_NAME = "metrics.jsonl"
+# test hooks: checkpoint every N steps / sleep after every step (seconds)
+ENV_CKPT_STEPS = "ISOFLOP_CHECKPOINT_EVERY_STEPS"
+ENV_STEP_SLEEP = "ISOFLOP_TEST_STEP_SLEEP"
+
+
+# ---- schedule -----------------------------------------------------------------------------------
+def warmup_steps(cfg: RunConfig) -> int:
+    return min(cfg.steps, max(0, round(cfg.schedule.warmup_frac * cfg.steps)))
+
+
+def lr_multiplier(step: int, cfg: RunConfig) -> float:
+    """Factor of the peak lr used by update `step` (0-based). Reaches min_lr_frac at the last step."""
+    s, n = cfg.schedule, cfg.steps
+    w = warmup_steps(cfg)
+    if step < w:
+        return (step + 1) / w
+    mn = s.min_lr_frac
+    if s.kind == "cosine":
+        p = (step - w + 1) / (n - w)
+        return mn + (1.0 - mn) * 0.5 * (1.0 + math.cos(math.pi * p))
+    # wsd: constant, then a linear decay over the last decay_frac of the steps
+    d0 = max(w, n - max(1, round(s.decay_frac * n)))
+    if step < d0:
+        return 1.0
+    return 1.0 - (1.0 - mn) * (step - d0 + 1) / (n - d0)
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+def _clean(x: Any) -> Any:
+    """JSON-safe: non-finite floats become null."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    return x
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    ckpt.fsync_dir(path.parent)
+
+
+def fingerprint(cfg: RunConfig) -> str:
+    """Hash of what defines the training trajectory: a checkpoint or result with another is stale."""
+    d = cfg.to_json()
+    keys = ("shape", "model", "steps", "batch_seqs", "lr", "lr_scale", "optimizer", "schedule", "seed", "data")
+    blob = json.dumps({k: d.get(k) for k in keys}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def pick_device(cfg: RunConfig) -> torch.device:
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def pick_dtype(cfg: RunConfig, dev: torch.device) -> str:
+    if cfg.dtype == "auto":
+        return "bf16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if cfg.dtype not in ("bf16", "fp32"):
+        raise ValueError(f"dtype must be 'auto', 'bf16' or 'fp32', not {cfg.dtype!r}")
+    return cfg.dtype
+
+
+def make_optimizer(model: GPT, cfg: RunConfig, dev: torch.device) -> torch.optim.Optimizer:
+    o = cfg.optimizer
+    kw: dict[str, Any] = {"fused": True}
+    return torch.optim.AdamW(model.param_groups(o.weight_decay), lr=cfg.peak_lr, betas=(o.beta1, o.beta2),
+                             eps=o.eps, **kw)
+
+
+def _truncate_metrics(path: Path, upto_step: int) -> None:
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= upto_step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            break  # a torn last line from a killed process
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    tmp.write_text("".join(k + "\n" for k in keep))
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def evaluate(model: GPT, batches: list[torch.Tensor], amp) -> float:
+    """Mean cross-entropy (no z-loss) over the fixed held-out batches."""
+    was = model.training
+    model.eval()
+    tot = torch.zeros((), dtype=torch.float64, device=batches[0].device)
+    for b in batches:
+        with amp():
+            logits, _ = model(b[:, :-1])
+        tot += F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), b[:, 1:].reshape(-1)).double()
+    model.train(was)
+    return float(tot.item() / len(batches))
+
+
+# ---- the loop ----------------------------------------------------------------------------------
+def run(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Train the run defined by cfg in run_dir; return the result dict (also written to result.json).
+
+    Raises Preempted (after writing a checkpoint) when a stop was requested (see checkpoint.py).
+    """
+    t_start = time.time()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shape = cfg.shape
+    T, B, V = shape.seq_len, cfg.batch_seqs, shape.vocab_size
+    fp = fingerprint(cfg)
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    dev = pick_device(cfg)
+    dtype = pick_dtype(cfg, dev)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    amp = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if dtype == "bf16" else contextlib.nullcontext
+
+    splits = data_mod.load(cfg.data.kind, cfg.data.path, seq_len=T, vocab_size=V)
+
+    torch.manual_seed(cfg.seed)
+    mcfg = GPTConfig.from_shape(shape, z_loss=cfg.model.z_loss, mup=cfg.model.mup, mup_base_width=cfg.model.mup_base_width)
+    model = GPT(mcfg).to(dev)
+    model.check_counts()
+    measured_fpt = measured_flops_per_token(model, T, V, dev)
+    opt = make_optimizer(model, cfg, dev)
+    groups = opt.param_groups
+    params = [p for g in groups for p in g["params"]]
+
+    # resume
+    start_step, wall_before, resumed_from = 0, 0.0, None
+    acc_sum, acc_n, last_val = 0.0, 0, None
+    state = ckpt.load(run_dir, map_location=dev)
+    if state is not None and state.get("fingerprint") != fp:
+        print(f"[isoflop.train] ignoring checkpoint of a different run definition in {run_dir}", file=sys.stderr)
+        state = None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        ckpt.set_rng_state(state["rng"])
+        start_step = int(state["step"])
+        wall_before = float(state.get("wall_s", 0.0))
+        acc_sum, acc_n = float(state.get("acc_sum", 0.0)), int(state.get("acc_n", 0))
+        last_val = state.get("last_val")
+        resumed_from = start_step
+    metrics_path = run_dir / METRICS_NAME
+    _truncate_metrics(metrics_path, start_step)
+
+    train_model = model
+    if cfg.compile and dev.type == "cuda":
+        train_model = torch.compile(model)  # type: ignore[assignment]
+
+    eval_batches = [torch.from_numpy(b).to(dev) for b in
+                    data_mod.eval_batches(splits, cfg.eval.batches, cfg.eval.batch_seqs, T, cfg.eval.seed)]
+
+    ckpt_every_steps = int(os.environ.get(ENV_CKPT_STEPS, "0") or 0)
+    step_sleep = float(os.environ.get(ENV_STEP_SLEEP, "0") or 0)
+    check_every = 1 if dev.type == "cpu" else cfg.log_every
+    log_every, steps = cfg.log_every, cfg.steps
+    w_steps = warmup_steps(cfg)
+    ln_v = math.log(V)
+    peak = cfg.peak_lr
+    clip = cfg.optimizer.grad_clip
+    pin = dev.type == "cuda"
+
+    def state_dict(step: int) -> dict[str, Any]:
+        return {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "rng": ckpt.rng_state(),
+                "wall_s": wall_before + (time.time() - t_start), "acc_sum": acc_sum_value(), "acc_n": acc_n,
+                "last_val": last_val, "fingerprint": fp, "run_id": cfg.run_id}
+
+    acc = torch.tensor(acc_sum, dtype=torch.float32, device=dev)
+
+    def acc_sum_value() -> float:
+        return float(acc.item())
+
+    diverged_step: int | None = None
+    train_loss: float | None = None
+    mf = open(metrics_path, "a")
+    t_ckpt = time.monotonic()
+    t_win, tok_win = time.time(), 0
+    step = start_step
+    try:
+        for step in range(start_step, steps):
+            lr = peak * lr_multiplier(step, cfg)
+            for g in groups:
+                g["lr"] = lr * g["lr_mult"]
+            xy = torch.from_numpy(data_mod.train_batch(splits, cfg.seed, step, B, T))
+            if pin:
+                xy = xy.pin_memory().to(dev, non_blocking=True)
+            with amp():
+                _, loss = train_model(xy[:, :-1], xy[:, 1:])
+            loss.backward()
+            if clip and clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            done = step + 1
+            ld = loss.detach()
+            acc += ld
+            acc_n += 1
+            tok_win += B * T
+
+            if done % check_every == 0 or done == steps:
+                lv = float(ld.item())
+                if not math.isfinite(lv) or lv > 4 * ln_v or (done > w_steps and lv > 2 * ln_v):
+                    diverged_step = done
+                    train_loss = lv
+                    break
+
+            if done % log_every == 0 or done == steps:
+                now = time.time()
+                train_loss = acc_sum_value() / max(acc_n, 1)
+                rec: dict[str, Any] = {"step": done, "tokens": done * B * T, "flops": measured_fpt * done * B * T,
+                                       "train_loss": train_loss, "lr": lr,
+                                       "tokens_per_s": tok_win / max(now - t_win, 1e-9),
+                                       "wall_s": wall_before + now - t_start}
+                if (cfg.eval.every and done % cfg.eval.every == 0) or done == steps:
+                    last_val = evaluate(model, eval_batches, amp)
+                    rec["val_loss"] = last_val
+                mf.write(json.dumps(_clean(rec)) + "\n")
+                mf.flush()
+                acc.zero_()
+                acc_n = 0
+                t_win, tok_win = time.time(), 0
+            elif cfg.eval.every and done % cfg.eval.every == 0:
+                last_val = evaluate(model, eval_batches, amp)
+                mf.write(json.dumps(_clean({"step": done, "tokens": done * B * T, "val_loss": last_val})) + "\n")
+                mf.flush()
+
+            if done < steps:
+                stop, signum = ckpt.stop_requested()
+                if stop:
+                    path = ckpt.save(run_dir, state_dict(done))
+                    ckpt.clear_stop()
+                    raise Preempted(done, signum, str(path))
+                if (ckpt_every_steps and done % ckpt_every_steps == 0) or (
+                        cfg.checkpoint_every_s > 0 and time.monotonic() - t_ckpt >= cfg.checkpoint_every_s):
+                    ckpt.save(run_dir, state_dict(done))
+                    t_ckpt = time.monotonic()
+            if step_sleep:
+                time.sleep(step_sleep)
+    finally:
+        mf.close()
+
+    diverged = diverged_step is not None
+    done_steps = diverged_step if diverged else steps
+    val_loss = None
+    if diverged:
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(_clean({"step": diverged_step, "tokens": diverged_step * B * T,
+                                       "train_loss": train_loss, "diverged": True})) + "\n")
+    else:
+        val_loss = last_val
+        if val_loss is None or not math.isfinite(val_loss):
+            diverged, diverged_step, val_loss = True, steps, None
+    tokens = done_steps * B * T
+    wall = wall_before + (time.time() - t_start)
+    planned_fpt = {c: plan_flops.flops_per_token(shape, c, cfg.param_convention)  # type: ignore[arg-type]
+                   for c in plan_flops.FLOP_CONVENTIONS}
+    result = {
+        "run_id": cfg.run_id,
+        "sweep": cfg.sweep,
+        "budget": cfg.budget,
+        "status": "diverged" if diverged else "ok",
+        "val_loss": val_loss,
+        "train_loss": train_loss if train_loss is not None and math.isfinite(train_loss) else None,
+        "tokens": tokens,
+        "steps": done_steps,
+        "planned_steps": steps,
+        "planned_tokens": steps * B * T,
+        "measured_flops": measured_fpt * tokens,
+        "measured_flops_per_token": measured_fpt,
+        "planned_flops_per_token": planned_fpt,
+        "flop_convention": cfg.flop_convention,
+        "param_convention": cfg.param_convention,
+        "params": {c: model.num_params(c) for c in plan_flops.PARAM_CONVENTIONS},
+        "lr": peak,
+        "wall_s": wall,
+        "diverged": diverged,
+        "diverged_step": diverged_step,
+        "torch_version": torch.__version__,
+        "device": str(dev) if dev.type == "cpu" else f"cuda:{torch.cuda.get_device_name(dev)}",
+        "dtype": dtype,
+        "threads": torch.get_num_threads() if dev.type == "cpu" else None,
+        "compiled": train_model is not model,
+        "resumed_from_step": resumed_from,
+        "fingerprint": fp,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_json_atomic(run_dir / RESULT_NAME, result)
+    if not cfg.keep_checkpoint:
+        ckpt.remove(run_dir)
+    return _clean(result)
