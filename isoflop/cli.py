@@ -186,6 +186,110 @@ def spec_schema_cmd() -> None:
     print(json.dumps(spec_schema(), indent=2))
 
 
+# ---------------------------------------------------------------- fit
+
+
+def _parse_window(window: str) -> int | None:
+    if window == "all":
+        return None
+    try:
+        k = int(window)
+    except ValueError:
+        raise ValueError(f"--window must be a number of sizes (>= 3) or 'all', got {window!r}") from None
+    if k < 3:
+        raise ValueError(f"--window must be at least 3 sizes (a parabola has 3 coefficients), got {k}")
+    return k
+
+
+@app.command()
+@friendly
+def fit(
+    sweep: Optional[str] = typer.Argument(None, help="sweep name in the store (or use --csv)"),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="fit results from elsewhere: columns params,tokens,loss[,flops,budget]"),
+    window: str = typer.Option("5", "--window", help="sizes around the lowest loss that the parabola fits, or 'all'"),
+    minimizer: str = typer.Option("parabola", "--minimizer", help="parabola | akima"),
+    keep_flagged: bool = typer.Option(False, "--keep-flagged", help="let flagged budgets into the frontier"),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="resamples for the intervals (0: none)"),
+    seed: int = typer.Option(0, "--seed", help="seed of the bootstrap"),
+    predict: List[float] = typer.Option([], "--predict", help="a budget C to predict N_opt, D_opt, L_opt at (repeatable)"),
+    holdout_top: int = typer.Option(0, "--holdout-top", help="backtest: fit without the top K budgets, predict them"),
+    method: Optional[str] = typer.Option(None, "--method", help="also fit L(N,D) = E + A/N^a + B/D^b: lse | varpro | all"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="write the IsoFLOP and frontier plots (.png/.svg/.pdf)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Fit per-budget parabolas and the compute-optimal frontier, with bootstrap intervals."""
+    if (sweep is None) == (csv is None):
+        fail("give either a SWEEP name or --csv FILE")
+    if minimizer not in ("parabola", "akima"):
+        fail(f"--minimizer must be 'parabola' or 'akima', got {minimizer!r}")
+    if method not in (None, "lse", "varpro", "all"):
+        fail(f"--method must be lse, varpro or all, got {method!r}")
+    if bootstrap < 0 or holdout_top < 0:
+        fail("--bootstrap and --holdout-top must be >= 0")
+    if any(not (c > 0) for c in predict):
+        fail("--predict takes positive FLOP budgets")
+    k = _parse_window(window)
+    from .fit import FitTable, fit_sweep
+
+    spec = curves = None
+    if csv is not None:
+        from .fit import read_csv
+
+        table = read_csv(csv)
+    else:
+        from sqlalchemy.orm import Session
+
+        from .spec import parse_spec
+        from .store.results import fit_curves, fit_rows
+        from .store.sweeps import get_sweep
+
+        with Session(_engine()) as s:
+            sw = get_sweep(s, sweep)
+            spec = parse_spec(sw.spec)
+            rows = fit_rows(s, sw)
+            curves = fit_curves(s, sw) or None
+        if not any(r["state"] == "completed" for r in rows):
+            fail(f"sweep {sweep!r} has no completed runs yet ({len(rows)} planned); see `isoflop status {sweep}`")
+        table = FitTable.from_rows(rows)
+    report = fit_sweep(
+        table, window=k, minimizer=minimizer, keep_flagged=keep_flagged, bootstrap=bootstrap, seed=seed,
+        predict=predict, holdout_top=holdout_top, parametric=method, curves=curves,
+    )
+    shapes = {}
+    if spec is not None:
+        from .plan.grid import shape_for_params
+
+        for p in report.predictions:
+            try:
+                shapes[p.budget] = shape_for_params(spec, p.n_opt)
+            except ValueError:
+                pass
+    written = []
+    if plot is not None:
+        from .fit.plots import save_plots
+
+        written = save_plots(report, plot)
+    if as_json:
+        out = report.to_json()
+        for p in out.get("predictions") or []:
+            if p.get("budget") in shapes:
+                p["shape"] = shapes[p["budget"]]
+        if written:
+            out["plots"] = [str(w) for w in written]
+        print(json.dumps(out))
+        return
+    from .fit.render import render_report
+
+    render_report(report, console)
+    for c, sh in shapes.items():
+        console.print(
+            f"suggested shape at C={c:.3g}: n_layer={sh['n_layer']}, d_model={sh['d_model']}, "
+            f"n_head={sh['n_head']} (N={_fmt_n(sh['params'])} {spec.params})"
+        )
+    for w in written:
+        console.print(f"wrote {w}")
+
+
 def run() -> None:  # pragma: no cover - console entry for `python -m isoflop`
     app()
 

@@ -1,0 +1,61 @@
+"""What `isoflop fit` reads from the store: one row per run, and training curves."""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .models import Metric, Run, Sweep
+
+PARAM_COLUMN = {"non_embedding": "params_non_embedding", "with_output": "params_with_output", "all": "params_all"}
+
+
+def fit_rows(session: Session, sweep: Sweep) -> list[dict[str, Any]]:
+    """Rows for fit.FitTable.from_rows: every live run, its final validation loss and state.
+
+    Where a spec tries each (budget, size, seed) cell at several (lr, batch), only the
+    cell's best completed run enters the fit; the others are reported as such."""
+    runs = session.scalars(
+        select(Run).where(Run.sweep_id == sweep.id, Run.state != "superseded").order_by(Run.budget, Run.point)
+    ).all()
+    best: dict[tuple, Run] = {}
+    for r in runs:
+        if r.state == "completed" and r.val_loss is not None:
+            key = (r.budget, r.point, r.seed)
+            if key not in best or r.val_loss < best[key].val_loss:
+                best[key] = r
+    rows = []
+    for r in runs:
+        state, reason = r.state, r.reason
+        if state == "completed":
+            b = best.get((r.budget, r.point, r.seed))
+            if b is not None and b is not r:
+                state = "not_best"
+                reason = f"lr x{r.lr_mult:g}, batch x{r.batch_mult:g} lost to lr x{b.lr_mult:g}, batch x{b.batch_mult:g}"
+        elif state == "diverged" and r.diverged_step is not None:
+            reason = reason or f"diverged at step {r.diverged_step}"
+        rows.append({
+            "run_id": r.run_id, "budget": r.budget, "params": r.params, "tokens": r.tokens, "flops": r.flops,
+            "loss": r.val_loss, "state": state, "reason": reason or "",
+        })
+    return rows
+
+
+def fit_curves(session: Session, sweep: Sweep) -> list[dict[str, Any]]:
+    """Logged training curves (FLOPs so far, train loss) of completed runs, for the envelope."""
+    rows = session.execute(
+        select(Run.id, Run.run_id, Run.params, Metric.flops, Metric.train_loss)
+        .join(Metric, Metric.run_pk == Run.id)
+        .where(Run.sweep_id == sweep.id, Run.state == "completed")
+        .order_by(Run.id, Metric.step)
+    ).all()
+    curves: dict[int, dict[str, Any]] = defaultdict(lambda: {"flops": [], "loss": []})
+    for pk, rid, n, c, y in rows:
+        cur = curves[pk]
+        cur["run_id"], cur["params"] = rid, n
+        if c is not None and y is not None:
+            cur["flops"].append(c)
+            cur["loss"].append(y)
+    return [c for c in curves.values() if c["flops"]]
