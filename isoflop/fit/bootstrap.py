@@ -15,7 +15,8 @@ resample in a loop: slower, about 0.2 ms per budget and resample.)
 
 Degenerate resamples are explicit: a budget whose resample has fewer than 3
 distinct sizes in its window, a non-convex parabola, or (unless
-`allow_out_of_range`) a vertex outside the resample's sampled range, is left
+`allow_out_of_range`) an unbracketed minimum (vertex outside the resample's
+sampled range, or its lowest mean loss at an end of its sizes), is left
 out of that resample's frontier and counted by reason per budget. A resample
 left with fewer than 2 budgets gives no frontier; it is counted in
 `dropped` and the intervals use the rest.
@@ -118,7 +119,11 @@ def _parabola_budget(x: np.ndarray, y: np.ndarray, counts: np.ndarray, window: i
     x_star = x0 + u_star
     first = np.argmax(present, axis=1)
     last = s - 1 - np.argmax(present[:, ::-1], axis=1)
-    inside = (x_star >= ux[first]) & (x_star <= ux[last])
+    # the lowest resampled mean loss per size must not sit at an end of the present sizes
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.add.reduceat(counts * y[None, :], starts, axis=1) / size_counts
+    k_low = np.argmin(np.where(present, means, np.inf), axis=1)
+    inside = (x_star >= ux[first]) & (x_star <= ux[last]) & (k_low != first) & (k_low != last)
     valid = convex & np.isfinite(x_star) & (inside | allow_out_of_range)
     deg = {TOO_FEW_POINTS: int(few.sum()), NOT_CONVEX: int((~few & ~convex).sum()),
            VERTEX_OUT_OF_RANGE: int((convex & ~inside).sum()) if not allow_out_of_range else 0}
@@ -147,7 +152,8 @@ def _akima_budget(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> tuple[np.
         vals = spline(grid)
         k = int(np.argmin(vals))
         x_star[i], l_star[i] = grid[k], vals[k]
-        if k in (0, AKIMA_BOOT_GRID - 1):
+        k_low = int(np.argmin(size_sums[i, p] / size_counts[i, p]))
+        if k in (0, AKIMA_BOOT_GRID - 1) or k_low in (0, len(xs) - 1):
             edge += 1
             continue
         valid[i] = True

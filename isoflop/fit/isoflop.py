@@ -21,9 +21,12 @@ out of the frontier):
 
 - ``too_few_points``: fewer than 3 distinct usable sizes (in the window).
 - ``not_convex``: parabola curvature a ≤ 0 (no minimum).
-- ``vertex_out_of_range``: N_opt outside [smallest, largest] sampled N of
-  the budget (all its usable runs, not only the window); `in_range` is False.
-  For Akima, the grid minimum sits on an end of the sampled range.
+- ``vertex_out_of_range``: the data do not bracket a minimum: N_opt is
+  outside [smallest, largest] sampled N of the budget (all its usable runs,
+  not only the window), or the lowest observed loss (mean per size) is at
+  the smallest or largest sampled size (a monotone profile: the true optimum
+  may lie outside even when a fitted vertex lands just inside). `in_range`
+  is False. For Akima, also when the grid minimum sits on an end of the range.
 - ``vertex_near_edge``: N_opt within one grid step (the median spacing of
   the budget's sampled ln N) of the smallest or largest sampled N.
 """
@@ -105,9 +108,10 @@ def window_sizes(size_index: np.ndarray, loss: np.ndarray, n_sizes: int, window:
     return lo, lo + window
 
 
-def edge_flags(log_n_opt: float, x_min: float, x_max: float, step: float, *, akima_edge: bool = False) -> tuple[bool, list[str]]:
+def edge_flags(log_n_opt: float, x_min: float, x_max: float, step: float, *, at_edge: bool = False) -> tuple[bool, list[str]]:
+    """in_range and flags for a vertex; at_edge: the lowest observed loss is at an end of the sizes."""
     flags: list[str] = []
-    in_range = bool(x_min <= log_n_opt <= x_max) and not akima_edge
+    in_range = bool(x_min <= log_n_opt <= x_max) and not at_edge
     if not in_range:
         flags.append(VERTEX_OUT_OF_RANGE)
     elif math.isfinite(step) and (log_n_opt < x_min + step or log_n_opt > x_max - step):
@@ -128,6 +132,8 @@ def fit_budget(params: np.ndarray, loss: np.ndarray, budget: float, *, window: i
     ux, size_index = np.unique(x_all, return_inverse=True)
     n_sizes = len(ux)
     step = float(np.median(np.diff(ux))) if n_sizes >= 2 else math.nan
+    means = np.bincount(size_index, weights=y_all) / np.bincount(size_index) if n_sizes else y_all
+    lowest_at_edge = bool(n_sizes and int(np.argmin(means)) in (0, n_sizes - 1))
     nan = math.nan
     base = dict(budget=float(budget), points=int(len(x_all)), sizes=n_sizes,
                 n_min=float(np.exp(ux[0])) if n_sizes else nan, n_max=float(np.exp(ux[-1])) if n_sizes else nan,
@@ -139,13 +145,12 @@ def fit_budget(params: np.ndarray, loss: np.ndarray, budget: float, *, window: i
     if minimizer == "akima":
         from scipy.interpolate import Akima1DInterpolator
 
-        means = np.bincount(size_index, weights=y_all) / np.bincount(size_index)
         spline = Akima1DInterpolator(ux, means)
         grid = np.linspace(ux[0], ux[-1], AKIMA_GRID)
         vals = spline(grid)
         j = int(np.argmin(vals))
         x_star, l_star = float(grid[j]), float(vals[j])
-        in_range, flags = edge_flags(x_star, ux[0], ux[-1], step, akima_edge=j in (0, AKIMA_GRID - 1))
+        in_range, flags = edge_flags(x_star, ux[0], ux[-1], step, at_edge=lowest_at_edge or j in (0, AKIMA_GRID - 1))
         n_opt = math.exp(x_star)
         return IsoflopFit(n_opt=n_opt, d_opt=budget / (6.0 * n_opt), loss_opt=l_star, points_used=int(len(x_all)),
                           in_range=in_range, flags=tuple(flags), coefficients=None, x0=nan,
@@ -166,7 +171,7 @@ def fit_budget(params: np.ndarray, loss: np.ndarray, budget: float, *, window: i
     u_star = -b / (2 * a)
     x_star = x0 + u_star
     l_star = c - b * b / (4 * a)
-    in_range, flags = edge_flags(x_star, ux[0], ux[-1], step)
+    in_range, flags = edge_flags(x_star, ux[0], ux[-1], step, at_edge=lowest_at_edge)
     n_opt = math.exp(x_star) if x_star < 700 else math.inf
     return IsoflopFit(n_opt=n_opt, d_opt=budget / (6.0 * n_opt), loss_opt=l_star, in_range=in_range,
                       flags=tuple(flags), **common)
