@@ -1,0 +1,256 @@
+"""The process runner with real processes: tests/scripts/toy_train.py (numpy logistic regression)
+through a test-local command template, and the built-in trainer through `builtin`."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from isoflop.dispatch.runner import CommandRun, Outcome, forward_signals, run_to_end
+
+REPO = Path(__file__).resolve().parents[1]
+TOY = REPO / "tests" / "scripts" / "toy_train.py"
+
+TEMPLATE = r"""# test-local template for tests/scripts/toy_train.py
+description: toy logistic regression
+command: >-
+  {{ python }} {{ vars.script }} --steps={{ steps }} --lr={{ lr }} --seed={{ seed }} --batch={{ batch_seqs }}
+  --out_dir={{ checkpoint_dir }} --resume_from={{ resume_from }}
+  --data={{ data_path }} --tag={{ vars.tag | default('') }} {{ vars.args | default([]) }}
+result_regex: 'final loss (?P<loss>\S+)'
+progress_regex: '^step (?P<step>\d+) loss (?P<train_loss>\S+)'
+resumable: %(resumable)s
+"""
+
+
+def make_run(tmp_path: Path, name: str = "run", *, args=(), resumable: bool = True, steps: int = 60,
+             data_path: str | None = None, tag: str = "", **over) -> Path:
+    tpl = tmp_path / f"toy-{'resumable' if resumable else 'scratch'}.yaml"
+    tpl.write_text(TEMPLATE % {"resumable": "true" if resumable else "false"})
+    run_dir = tmp_path / name
+    run_dir.mkdir()
+    definition = {
+        "run_id": name, "sweep": "toy", "budget": 1e9, "attempt": 1, "lr_scale": 1.0,
+        "shape": {"n_layer": 1, "d_model": 16, "n_head": 1, "vocab_size": 2, "seq_len": 1},
+        "tokens": steps * 64, "steps": steps, "batch_seqs": 64, "batch_tokens": 64, "lr": 0.5, "seed": 3,
+        "schedule": {"kind": "cosine", "warmup_frac": 0.0, "min_lr_frac": 0.1, "decay_frac": 0.2},
+        "optimizer": {"beta1": 0.9, "beta2": 0.95, "weight_decay": 0.0, "grad_clip": 1.0},
+        "data": {"kind": "text", "path": data_path}, "trainer": str(tpl),
+        "vars": {"script": str(TOY), "tag": tag, "args": list(args)},
+    }
+    definition.update(over)
+    (run_dir / "run.json").write_text(json.dumps(definition))
+    return run_dir
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    p = run_dir / "metrics.jsonl"
+    return [json.loads(x) for x in p.read_text().splitlines()] if p.exists() else []
+
+
+def wait_for(pred, timeout=20.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+def test_result_file_and_metrics_file(tmp_path):
+    run_dir = make_run(tmp_path, args=["--result=file", "--progress=metrics"])
+    out = run_to_end(run_dir, attempt=1)
+    assert isinstance(out, Outcome) and out.state == "completed", out.reason
+    res = json.loads((run_dir / "result.json").read_text())
+    assert res == out.result and res["source"] == "result_file" and res["run_id"] == "run"
+    assert 0 < res["val_loss"] < 0.7 and res["tokens"] == 60 * 64 and res["steps"] == 60
+    assert res["diverged"] is False and res["diverged_step"] is None and res["wall_s"] > 0
+    m = metrics(run_dir)
+    assert [x["step"] for x in m] == list(range(1, 61))
+    assert m[0]["tokens"] == 64 and all("train_loss" in x for x in m) and m[-1]["train_loss"] == res["train_loss"]
+    log = (run_dir / "attempt-1.log").read_text()
+    assert "[isoflop]" in log and "done" in log
+    rec = json.loads((run_dir / "attempt-1.outcome.json").read_text())
+    assert rec["state"] == "completed" and rec["exit_code"] == 0
+
+
+def test_loss_only_in_log_is_read_by_regex(tmp_path):
+    run_dir = make_run(tmp_path, args=["--result=log", "--progress=log"])
+    out = run_to_end(run_dir, attempt=1)
+    assert out.state == "completed", out.reason
+    assert out.result["source"] == "log_regex" and 0 < out.result["val_loss"] < 0.7
+    log = (run_dir / "attempt-1.log").read_text()
+    assert f"final loss {out.result['val_loss']!r}" in log
+    m = metrics(run_dir)
+    assert [x["step"] for x in m] == list(range(1, 61)) and out.result["train_loss"] == m[-1]["train_loss"]
+
+
+def test_exit_zero_without_result_is_failed(tmp_path):
+    run_dir = make_run(tmp_path, args=["--result=none", "--progress=none"])
+    out = run_to_end(run_dir, attempt=1)
+    assert out.state == "failed" and out.exit_code == 0 and out.result is None
+    assert "exited 0 without a readable result" in out.reason
+    assert not (run_dir / "result.json").exists()
+
+
+def test_nonzero_exit_is_failed_with_last_line(tmp_path):
+    run_dir = make_run(tmp_path, args=["--exit_code=5", "--progress=none", "--result=none"])
+    out = run_to_end(run_dir, attempt=1)
+    assert out.state == "failed" and out.exit_code == 5 and out.reason == "exit code 5: done"
+
+
+def test_nan_loss_is_diverged(tmp_path):
+    run_dir = make_run(tmp_path, args=["--nan_at=20"])
+    out = run_to_end(run_dir, attempt=1)
+    assert out.state == "diverged" and out.result["diverged_step"] == 20 and out.result["val_loss"] is None
+    assert json.loads((run_dir / "result.json").read_text())["diverged"] is True
+    assert [x for x in metrics(run_dir) if x.get("diverged")][0]["step"] == 20
+
+
+def test_injection_is_passed_literally(tmp_path):
+    marker = Path("/tmp") / f"isoflop-pwned-{uuid.uuid4().hex}"
+    tag = f"a; touch {marker}.1 #"
+    data = f"$(touch {marker}.2)`touch {marker}.3`"
+    run_dir = make_run(tmp_path, tag=tag, data_path=data, args=[f"--tag=x' ; touch {marker}.4 ; echo '"], steps=5)
+    out = run_to_end(run_dir, attempt=1)
+    assert out.state == "completed", out.reason
+    assert not any(Path(f"{marker}.{i}").exists() for i in range(1, 5))
+    argv_line = next(x for x in (run_dir / "attempt-1.log").read_text().splitlines() if x.startswith("argv="))
+    argv = json.loads(argv_line[len("argv="):])
+    assert f"--tag={tag}" in argv and f"--data={data}" in argv
+    assert f"--tag=x' ; touch {marker}.4 ; echo '" in argv
+
+
+def _interrupt_when_checkpointed(run: CommandRun, sig=signal.SIGUSR1) -> Outcome:
+    ckpt = run.run_dir / "checkpoint" / "ckpt.npz"
+    wait_for(lambda: ckpt.exists() or run.poll() is not None)
+    assert run.wait(timeout=0.05) is None, "the run ended before it could be interrupted"
+    run.interrupt(sig)
+    out = run.wait(timeout=30)
+    assert out is not None
+    return out
+
+
+def test_interrupt_then_resume_matches_uninterrupted(tmp_path):
+    steps = 150
+    ref = run_to_end(make_run(tmp_path, "ref", steps=steps), attempt=1)
+    assert ref.state == "completed", ref.reason
+
+    run_dir = make_run(tmp_path, "split", steps=steps, args=["--step_sleep=0.02"])
+    first = CommandRun(run_dir, attempt=1)
+    assert "--resume_from=''" in first.command
+    first.start()
+    out = _interrupt_when_checkpointed(first)
+    assert out.state == "preempted" and out.exit_code == 3, out.reason
+    assert not (run_dir / "result.json").exists()
+    stopped_at = max(x["step"] for x in metrics(run_dir))
+    assert 0 < stopped_at < steps
+
+    second = CommandRun(run_dir, attempt=2)
+    assert f"--resume_from={run_dir / 'checkpoint'}" in second.command
+    second.start()
+    out2 = second.wait()
+    assert out2.state == "completed", out2.reason
+    log2 = (run_dir / "attempt-2.log").read_text()
+    assert "start step 0" not in log2 and "start step" in log2
+    assert out2.result["val_loss"] == ref.result["val_loss"]
+    assert out2.result["train_loss"] == ref.result["train_loss"]
+    steps_logged = [x["step"] for x in metrics(run_dir)]
+    assert steps_logged == list(range(1, steps + 1)), "metrics.jsonl has gaps or duplicates across attempts"
+    assert out2.result["wall_s"] >= json.loads((run_dir / "attempt-1.outcome.json").read_text())["wall_s"]
+
+
+def test_interrupt_with_other_exit_code_is_preempted(tmp_path):
+    run_dir = make_run(tmp_path, steps=400, args=["--step_sleep=0.02", "--preempt_exit=42"])
+    run = CommandRun(run_dir, attempt=1)
+    run.start()
+    out = _interrupt_when_checkpointed(run, signal.SIGTERM)
+    assert out.state == "preempted" and out.exit_code == 42 and "SIGTERM" in out.reason
+
+
+def test_non_resumable_restarts_from_scratch(tmp_path):
+    run_dir = make_run(tmp_path, steps=150, resumable=False, args=["--step_sleep=0.01"])
+    first = CommandRun(run_dir, attempt=1)
+    first.start()
+    out = _interrupt_when_checkpointed(first)
+    assert out.state == "preempted" and "cannot resume" in out.reason
+    old_metrics = (run_dir / "metrics.jsonl").read_text()
+
+    second = CommandRun(run_dir, attempt=2)
+    assert "--resume_from=''" in second.command
+    second.start()
+    out2 = second.wait()
+    assert out2.state == "completed", out2.reason
+    assert second.moved_aside == "attempt-1"
+    aside = run_dir / "attempt-1"
+    assert (aside / "checkpoint" / "ckpt.npz").exists() and (aside / "metrics.jsonl").read_text() == old_metrics
+    assert "start step 0" in (run_dir / "attempt-2.log").read_text()
+    assert [x["step"] for x in metrics(run_dir)] == list(range(1, 151))
+    assert out2.result["moved_aside"] == "attempt-1"
+    assert (run_dir / "attempt-1.log").exists()  # logs are never moved or overwritten
+
+
+def test_forward_signals(tmp_path):
+    run_dir = make_run(tmp_path, steps=400, args=["--step_sleep=0.02"])
+    run = CommandRun(run_dir, attempt=1)
+    before = signal.getsignal(signal.SIGUSR1)
+    run.start()
+    with forward_signals(run):
+        wait_for(lambda: (run_dir / "checkpoint" / "ckpt.npz").exists())
+        os.kill(os.getpid(), signal.SIGUSR1)  # what Slurm/submitit would send to the job
+        out = run.wait(timeout=30)
+    assert signal.getsignal(signal.SIGUSR1) is before
+    assert out is not None and out.state == "preempted" and out.exit_code == 3
+
+
+def test_missing_run_json_is_one_line_error(tmp_path):
+    with pytest.raises(ValueError, match="run.json: not found"):
+        CommandRun(tmp_path, attempt=1)
+
+
+# ------------------------------------------------------------------ the built-in trainer
+
+
+@pytest.mark.skipif(not (REPO / "isoflop" / "train" / "__main__.py").exists(), reason="isoflop/train not written yet")
+def test_builtin_round_trip(tmp_path, monkeypatch):
+    from isoflop.plan.grid import plan
+    from isoflop.spec import parse_spec
+
+    spec = parse_spec({
+        "name": "tiny", "budgets": [1e9], "grid": {"points": 1, "span": 1, "centre": {"k": 0.3}},
+        "model": {"vocab_size": 256, "seq_len": 32, "head_dim": 16, "aspect_ratio": 32},
+        "batch": {"rule": 4, "unit": "sequences"}, "lr": 0.003, "flops": "exact", "params": "all",
+        "trainer": {"device": "cpu", "threads": 1, "eval_batches": 2, "log_every": 5},
+    })
+    r = plan(spec)[0]
+    assert r.steps <= 200, r.steps
+    run_dir = tmp_path / r.run_id
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text(json.dumps(
+        r.definition | {"run_id": r.run_id, "sweep": "tiny", "attempt": 1, "lr_scale": 1.0,
+                        "planned": {"flops": r.flops}}))
+    monkeypatch.setenv("ISOFLOP_TEST_STEP_SLEEP", "0.01")  # the trainer's test hook: room to interrupt
+    run = CommandRun(run_dir, attempt=1)
+    assert run.command.split()[1:3] == ["-m", "isoflop.train"] and run.command.split()[0] == sys.executable
+    run.start()
+    # interrupted once it has logged progress: the trainer checkpoints and exits 3
+    wait_for(lambda: bool(metrics(run_dir)) or run.poll() is not None, timeout=60)
+    if run.poll() is None:
+        run.interrupt(signal.SIGUSR1)
+        out = run.wait(timeout=60)
+        assert out is not None and out.state == "preempted" and out.exit_code == 3, out
+        assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "result.json").exists()
+        run = CommandRun(run_dir, attempt=2)
+        run.start()
+    out = run.wait(timeout=120)
+    assert out is not None and out.state == "completed", (out, (run_dir / f"attempt-{run.attempt}.log").read_text()[-2000:])
+    res = json.loads((run_dir / "result.json").read_text())
+    assert out.result == res and res["run_id"] == r.run_id and res["val_loss"] > 0
+    assert metrics(run_dir)[-1]["step"] == r.steps
+    assert run.attempt == 1 or res.get("resumed_from_step")
