@@ -54,13 +54,13 @@ def friendly(fn):
 
     @functools.wraps(fn)
     def wrapper(*a, **k):
-        from .plan.grid import PlanError
-        from .spec import SpecError
+        # SpecError and PlanError are ValueErrors; importing them here would cost `isoflop status`
+        # the import of numpy and pydantic (plan.grid, spec)
         from .store.engine import StoreError
 
         try:
             return fn(*a, **k)
-        except (SpecError, PlanError, StoreError, ValueError, FileNotFoundError) as e:
+        except (StoreError, ValueError, FileNotFoundError) as e:
             fail(str(e).splitlines()[0] if str(e) else e.__class__.__name__)
 
     return wrapper
@@ -98,6 +98,10 @@ def plan(
     from .store.engine import workdir_path
 
     spec = load_spec(spec_path)
+    if spec.trainer.template != "builtin":
+        from .dispatch.command import load_template
+
+        load_template(spec.trainer.template)  # a bad template fails here, not in a job
     runs = plan_runs(spec)
     if show_command:
         from .dispatch.command import render_command
@@ -106,7 +110,7 @@ def plan(
         if len(match) != 1:
             fail(f"--show-command {show_command!r} matches {len(match)} runs; give a longer run id prefix")
         rdir = workdir_path(OPTS.workdir) / "runs" / spec.name / match[0].run_id
-        print(render_command(spec, match[0].definition | {"run_id": match[0].run_id}, rdir))
+        print(render_command(match[0].definition | {"run_id": match[0].run_id, "sweep": spec.name}, rdir))
         return
     result = None
     if not dry_run:
@@ -184,6 +188,271 @@ def spec_schema_cmd() -> None:
     from .spec import spec_schema
 
     print(json.dumps(spec_schema(), indent=2))
+
+
+# ---------------------------------------------------------------- dispatch: profiles / submit / status / cancel / retry
+
+
+def _dispatch_call(fn, *a, **k):
+    """Run a dispatch library call; its expected errors become one line and exit code 2."""
+    from .dispatch.slurm import SchedulerError
+    from .dispatch.submit import DispatchError
+
+    try:
+        return fn(*a, **k)
+    except (DispatchError, SchedulerError) as e:
+        fail(str(e).splitlines()[0] if str(e) else e.__class__.__name__)
+
+
+def _fmt_s(s: Optional[float]) -> str:
+    if s is None:
+        return "-"
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else (f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
+
+
+_STATE_STYLE = {"completed": "green", "running": "cyan", "queued": "blue", "submitting": "blue", "failed": "red",
+                "lost": "red", "diverged": "magenta", "cancelled": "yellow", "planned": "dim"}
+
+
+def _status_renderable(st, *, all_runs: bool = False):
+    from rich.console import Group
+    from rich.progress_bar import ProgressBar
+    from rich.text import Text
+
+    parts = []
+    counts = ", ".join(f"[{_STATE_STYLE.get(k, '')}]{v} {k}[/]" for k, v in sorted(st.counts.items()))
+    parts.append(Text.from_markup(f"sweep [bold]{st.sweep}[/]: {len(st.runs)} runs: {counts}  "
+                                  f"[dim](scheduler: {st.scheduler})[/]"))
+    states = ("completed", "diverged", "running", "queued", "submitting", "planned", "failed", "lost", "cancelled")
+    t = Table(title=None, show_edge=False)
+    t.add_column("budget", justify="right")
+    t.add_column("runs", justify="right")
+    shown = [s for s in states if any(b.counts.get(s) for b in st.budgets)]
+    for s in shown:
+        t.add_column(s, justify="right", style=_STATE_STYLE.get(s, ""))
+    t.add_column("progress", justify="left")
+    t.add_column("ETA", justify="right")
+    for b in st.budgets:
+        t.add_row(f"{b.budget:.3g}", str(b.runs), *[str(b.counts.get(s, 0) or "") for s in shown],
+                  ProgressBar(total=1.0, completed=b.progress, width=20), _fmt_s(b.eta_s))
+    parts.append(t)
+    running = [r for r in st.runs if r.state == "running"]
+    if running:
+        rt = Table(title="running", title_justify="left", show_edge=False)
+        for c in ("run", "budget", "N", "job", "progress", "tokens", "tok/s", "loss", "ETA"):
+            rt.add_column(c, justify="left" if c in ("run", "job", "progress") else "right")
+        for r in running[:50]:
+            rt.add_row(r.run_id[:8], f"{r.budget:.3g}", _fmt_n(r.params), r.job_id or "-",
+                       ProgressBar(total=1.0, completed=r.progress, width=20),
+                       f"{_fmt_n(r.tokens_done or 0)}/{_fmt_n(r.tokens)}",
+                       _fmt_n(r.tokens_per_s) if r.tokens_per_s else "-",
+                       f"{r.train_loss:.3f}" if r.train_loss is not None else "-", _fmt_s(r.eta_s))
+        if len(running) > 50:
+            rt.caption = f"... and {len(running) - 50} more running"
+        parts.append(rt)
+    bad = [r for r in st.runs if r.state in ("failed", "lost", "diverged")]
+    if bad:
+        parts.append(Text.from_markup("[bold]problems[/]"))
+        for r in bad[:20]:
+            parts.append(Text.assemble("  ", (r.state, _STATE_STYLE[r.state]),
+                                       f" {r.run_id[:8]} (budget {r.budget:.3g}, attempt {r.attempt or '-'}, "
+                                       f"job {r.job_id or '-'}): {r.reason or ''}"))
+            for line in r.log_tail[-4:]:
+                parts.append(Text(f"      | {line}", style="dim"))
+        if len(bad) > 20:
+            parts.append(Text(f"  ... and {len(bad) - 20} more (see --json)"))
+    if all_runs:
+        at = Table(title="runs", title_justify="left", show_edge=False)
+        for c in ("run", "budget", "N", "state", "attempt", "job", "step", "val loss"):
+            at.add_column(c)
+        for r in st.runs:
+            at.add_row(r.run_id[:8], f"{r.budget:.3g}", _fmt_n(r.params), r.state, str(r.attempt or "-"),
+                       r.job_id or "-", f"{r.step_done or 0}/{r.steps}",
+                       f"{r.val_loss:.4f}" if r.val_loss is not None else "-")
+        parts.append(at)
+    for w in st.warnings:
+        parts.append(Text(f"note: {w}", style="yellow"))
+    return Group(*parts)
+
+
+def _watch(engine, sweep: str, interval: float, *, until_done: bool = True, all_runs: bool = False):
+    from rich.live import Live
+
+    from .dispatch.sync import sync_sweep
+
+    st = _dispatch_call(sync_sweep, engine, sweep)
+    try:
+        with Live(_status_renderable(st, all_runs=all_runs), console=console, refresh_per_second=2) as live:
+            while not (until_done and st.finished):
+                import time
+
+                time.sleep(interval)
+                st = _dispatch_call(sync_sweep, engine, sweep)
+                live.update(_status_renderable(st, all_runs=all_runs))
+    except KeyboardInterrupt:
+        pass
+    return st
+
+
+@app.command()
+@friendly
+def profiles(as_json: bool = typer.Option(False, "--json", help="one JSON object per profile")) -> None:
+    """List the cluster profiles (cluster_profiles/, $ISOFLOP_PROFILES)."""
+    from .dispatch.profiles import ProfileError, list_profiles
+
+    found = list_profiles()
+    if as_json:
+        for p in found:
+            print(json.dumps({"error": str(p)} if isinstance(p, ProfileError) else
+                             {**p.model_dump(mode="json"), "path": p.path}))
+        return
+    t = Table(show_edge=False)
+    for c in ("name", "executor", "partition", "GPUs/run", "GPUs/node", "max time", "path"):
+        t.add_column(c)
+    for p in found:
+        if isinstance(p, ProfileError):
+            t.add_row("[red]invalid[/]", "", "", "", "", "", str(p))
+            continue
+        t.add_row(p.name, p.executor, p.partition or "-", str(p.gpus_per_run), str(p.gpus_per_node or "-"),
+                  _fmt_s(p.max_time_minutes * 60) if p.executor == "slurm" else "-", str(p.path))
+    console.print(t)
+    console.print("use one with `isoflop submit SWEEP --profile NAME` (or --profile ./my.yaml)")
+
+
+@app.command()
+@friendly
+def submit(
+    sweep: str = typer.Argument(..., help="sweep name in the store"),
+    profile: str = typer.Option("local", "--profile", "-p", help="cluster profile: a name (`isoflop profiles`) or a YAML path"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="show the jobs, sbatch script and GPU-hours; submit and store nothing"),
+    max_runs: Optional[int] = typer.Option(None, "--max-runs", help="submit at most K runs"),
+    budget: Optional[float] = typer.Option(None, "--budget", help="only the runs of this budget C"),
+    wait: bool = typer.Option(False, "--wait", help="show progress until the sweep's runs end"),
+    interval: float = typer.Option(5.0, "--interval", help="--wait: seconds between scheduler polls"),
+) -> None:
+    """Submit every run that is not finished and not queued/running (Slurm arrays or local processes)."""
+    from .dispatch.profiles import load_profile
+    from .dispatch.submit import submit_sweep
+
+    if max_runs is not None and max_runs < 1:
+        fail("--max-runs must be at least 1")
+    prof = load_profile(profile)
+    engine = _engine()
+    res = _dispatch_call(submit_sweep, engine, sweep, prof, dry_run=dry_run, max_runs=max_runs, budget=budget)
+    hours = "GPU-hours" if prof.gpus_per_run else "CPU-hours"
+    if res.over_cap:
+        console.print(f"[red]{len(res.over_cap)} run(s) failed:[/] they used up max_attempts "
+                      f"({prof.max_attempts}); `isoflop retry {sweep}` resets them")
+    if not res.runs:
+        skipped = ", ".join(f"{v} {k}" for k, v in sorted(res.skipped.items())) or "none"
+        console.print(f"nothing to submit for sweep {sweep!r} (runs by state: {skipped})")
+        return
+    t = Table(show_edge=False, title="dry run: nothing submitted, nothing stored" if dry_run else None,
+              title_justify="left")
+    for c in ("job name", "jobs", "runs", "time/job", "job ids"):
+        t.add_column(c)
+    for a in res.arrays:
+        ids = a.job_ids
+        idtxt = "-" if not ids else (ids[0] if len(ids) == 1 else f"{ids[0]} .. {ids[-1]}")
+        t.add_row(a.name, str(len(a.jobs)), str(sum(len(j.run_ids) for j in a.jobs)), _fmt_s(a.minutes * 60), idtxt)
+    console.print(t)
+    if dry_run and res.sbatch_script:
+        console.print("[bold]sbatch script[/] (first array):")
+        console.print(res.sbatch_script, markup=False, highlight=False)
+    verb = "would submit" if dry_run else "[green]submitted[/]"
+    console.print(f"{verb} {len(res.runs)} run(s) of sweep {sweep!r} in {res.jobs} job(s) "
+                  f"({prof.executor}, profile {prof.name!r}); about {res.gpu_hours:.3g} {hours}")
+    if dry_run:
+        return
+    if wait:
+        st = _watch(engine, sweep, interval)
+        if st.counts.get("failed") or st.counts.get("lost"):
+            raise typer.Exit(1)
+    else:
+        console.print(f"follow with `isoflop status {sweep} --watch`")
+
+
+@app.command()
+@friendly
+def status(
+    sweep: str = typer.Argument(..., help="sweep name in the store"),
+    watch: bool = typer.Option(False, "--watch", help="refresh until no run is active (Ctrl-C stops watching)"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object: per-run state, progress, loss; per-budget counts"),
+    all_runs: bool = typer.Option(False, "--runs", help="also list every run"),
+    interval: float = typer.Option(5.0, "--interval", help="--watch: seconds between polls"),
+) -> None:
+    """Sync scheduler state and run files into the store; show progress per budget."""
+    from .dispatch.sync import sync_sweep
+
+    engine = _engine()
+    if watch and not as_json:
+        _watch(engine, sweep, interval, all_runs=all_runs)
+        return
+    st = _dispatch_call(sync_sweep, engine, sweep)
+    if as_json:
+        print(json.dumps(st.to_json()))
+        return
+    console.print(_status_renderable(st, all_runs=all_runs))
+
+
+@app.command()
+@friendly
+def cancel(
+    sweep: str = typer.Argument(..., help="sweep name in the store"),
+    budget: Optional[float] = typer.Option(None, "--budget", help="only the runs of this budget C"),
+    run_ids: List[str] = typer.Option([], "--run", help="only this run (id or unique prefix; repeatable)"),
+) -> None:
+    """Cancel runs that are not finished (scancel / stop local jobs); they become `cancelled`."""
+    from .dispatch.control import cancel_sweep
+
+    res = _dispatch_call(cancel_sweep, _engine(), sweep, budget=budget, run_ids=run_ids or None)
+    if not res.runs:
+        console.print("no unfinished run matched; nothing cancelled")
+        return
+    console.print(f"[yellow]cancelled[/] {len(res.runs)} run(s)"
+                  + (f"; stopped job(s) {', '.join(res.jobs)}" if res.jobs else "")
+                  + (f"; {len(res.marked)} run(s) stopped inside packed jobs" if res.marked else ""))
+    console.print(f"`isoflop retry {sweep} --cancelled` makes them submittable again")
+
+
+@app.command()
+@friendly
+def retry(
+    sweep: str = typer.Argument(..., help="sweep name in the store"),
+    failed: bool = typer.Option(False, "--failed", help="retry failed runs"),
+    diverged: bool = typer.Option(False, "--diverged", help="retry diverged runs (from scratch)"),
+    lost: bool = typer.Option(False, "--lost", help="retry lost runs (resume from their checkpoint)"),
+    cancelled: bool = typer.Option(False, "--cancelled", help="retry cancelled runs"),
+    lr_scale: Optional[float] = typer.Option(None, "--lr-scale", help="multiply the learning rate (e.g. 0.5); restarts from scratch"),
+    budget: Optional[float] = typer.Option(None, "--budget", help="only the runs of this budget C"),
+    run_ids: List[str] = typer.Option([], "--run", help="only this run (id or prefix; repeatable)"),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="also submit them now with this profile"),
+) -> None:
+    """Reset failed/lost (default), diverged or cancelled runs so the next submit runs them again."""
+    from .dispatch.control import retry_sweep
+
+    states = [s for s, on in (("failed", failed), ("diverged", diverged), ("lost", lost), ("cancelled", cancelled)) if on]
+    states = states or ["failed", "lost"]
+    engine = _engine()
+    res = _dispatch_call(retry_sweep, engine, sweep, states=states, lr_scale=lr_scale, budget=budget,
+                         run_ids=run_ids or None)
+    if not res.runs:
+        console.print(f"no run of sweep {sweep!r} is {' or '.join(states)}; nothing to retry")
+        return
+    console.print(f"reset {len(res.runs)} run(s) to planned"
+                  + (f" with lr x{lr_scale:g}" if lr_scale else "")
+                  + (f"; moved the old results/checkpoints of {len(res.moved_aside)} into attempt-N/" if res.moved_aside else ""))
+    if profile:
+        from .dispatch.profiles import load_profile
+        from .dispatch.submit import submit_sweep
+
+        prof = load_profile(profile)
+        sub = _dispatch_call(submit_sweep, engine, sweep, prof)
+        console.print(f"[green]submitted[/] {len(sub.runs)} run(s) in {sub.jobs} job(s) (profile {prof.name!r})")
+    else:
+        console.print(f"submit them with `isoflop submit {sweep} --profile P`")
+
 
 
 # ---------------------------------------------------------------- fit

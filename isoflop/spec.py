@@ -328,9 +328,15 @@ def load_spec(path: str | Path) -> Spec:
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             raise SpecError(f"{p}: YAML syntax error{where}: {getattr(e, 'problem', e)}") from None
     try:
-        return parse_spec(data)
+        spec = parse_spec(data)
     except SpecError as e:
         raise SpecError(f"{p}: {e}") from None
+    tpl = spec.trainer.template
+    if ("/" in tpl or tpl.endswith((".yaml", ".yml"))) and not Path(tpl).is_absolute():
+        # a template path in a spec means: beside the spec, wherever the job later runs
+        trainer = spec.trainer.model_copy(update={"template": str((p.parent / tpl).resolve())})
+        spec = spec.model_copy(update={"trainer": trainer})
+    return spec
 
 
 def spec_schema() -> dict:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -26,13 +28,14 @@ command: >-
 result_regex: 'final loss (?P<loss>\S+)'
 progress_regex: '^step (?P<step>\d+) loss (?P<train_loss>\S+)'
 resumable: %(resumable)s
+%(extra)s
 """
 
 
 def make_run(tmp_path: Path, name: str = "run", *, args=(), resumable: bool = True, steps: int = 60,
-             data_path: str | None = None, tag: str = "", **over) -> Path:
-    tpl = tmp_path / f"toy-{'resumable' if resumable else 'scratch'}.yaml"
-    tpl.write_text(TEMPLATE % {"resumable": "true" if resumable else "false"})
+             data_path: str | None = None, tag: str = "", extra: str = "", **over) -> Path:
+    tpl = tmp_path / f"toy-{name}.yaml"
+    tpl.write_text(TEMPLATE % {"resumable": "true" if resumable else "false", "extra": extra})
     run_dir = tmp_path / name
     run_dir.mkdir()
     definition = {
@@ -167,10 +170,12 @@ def test_interrupt_then_resume_matches_uninterrupted(tmp_path):
 
 
 def test_interrupt_with_other_exit_code_is_preempted(tmp_path):
-    run_dir = make_run(tmp_path, steps=400, args=["--step_sleep=0.02", "--preempt_exit=42"])
+    # the template's stop_signal replaces the signal asked for
+    run_dir = make_run(tmp_path, steps=400, args=["--step_sleep=0.02", "--preempt_exit=42"], extra="stop_signal: TERM")
     run = CommandRun(run_dir, attempt=1)
     run.start()
-    out = _interrupt_when_checkpointed(run, signal.SIGTERM)
+    out = _interrupt_when_checkpointed(run, signal.SIGUSR1)
+    assert "got signal 15" in (run_dir / "attempt-1.log").read_text()
     assert out.state == "preempted" and out.exit_code == 42 and "SIGTERM" in out.reason
 
 
@@ -209,9 +214,60 @@ def test_forward_signals(tmp_path):
     assert out is not None and out.state == "preempted" and out.exit_code == 3
 
 
-def test_missing_run_json_is_one_line_error(tmp_path):
+def test_interrupt_before_start_is_preempted(tmp_path):
+    run = CommandRun(make_run(tmp_path), attempt=1)
+    run.interrupt()
+    run.start()
+    out = run.wait()
+    assert out.state == "preempted" and "before the command started" in out.reason and run.pid is None
+
+
+def test_wait_reentered_from_signal_handler(tmp_path):
+    """What submitit does on USR2: its handler calls interrupt() and wait() while the job's main
+    loop is itself inside wait()."""
+    run_dir = make_run(tmp_path, steps=400, args=["--step_sleep=0.02"])
+    run = CommandRun(run_dir, attempt=1)
+    inner = []
+
+    def handler(signum, frame):
+        run.interrupt(signal.SIGUSR1)
+        inner.append(run.wait(timeout=30))
+
+    previous = signal.signal(signal.SIGUSR2, handler)
+    try:
+        run.start()
+        wait_for(lambda: (run_dir / "checkpoint" / "ckpt.npz").exists())
+        threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGUSR2)).start()
+        out = run.wait()
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert inner and inner[0] is out and out.state == "preempted"
+    assert (run_dir / "attempt-1.log").read_text().count("[isoflop]") == 3  # start, command, one end line
+
+
+def test_runner_module_cli(tmp_path):
+    run_dir = make_run(tmp_path, steps=10)
+    p = subprocess.run([sys.executable, "-m", "isoflop.dispatch.runner", str(run_dir)], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout.splitlines()[-1])["state"] == "completed"
+    p = subprocess.run([sys.executable, "-m", "isoflop.dispatch.runner", str(tmp_path)], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 2 and "run.json: not found" in p.stderr
+
+
+def test_unstartable_run_is_failed_not_raised(tmp_path):
+    run = CommandRun(tmp_path, attempt=1)  # no run.json
+    assert "run.json: not found" in run.error
     with pytest.raises(ValueError, match="run.json: not found"):
-        CommandRun(tmp_path, attempt=1)
+        run.check()
+    run.start()
+    out = run.wait()
+    assert out.state == "failed" and "run.json: not found" in out.reason and out.exit_code == 2
+    run_dir = make_run(tmp_path, trainer="no-such-template")
+    out = run_to_end(run_dir, attempt=1)
+    assert out.state == "failed" and "unknown command template 'no-such-template'" in out.reason
+    assert "cannot start" in (run_dir / "attempt-1.log").read_text()
 
 
 # ------------------------------------------------------------------ the built-in trainer
@@ -244,13 +300,52 @@ def test_builtin_round_trip(tmp_path, monkeypatch):
     if run.poll() is None:
         run.interrupt(signal.SIGUSR1)
         out = run.wait(timeout=60)
-        assert out is not None and out.state == "preempted" and out.exit_code == 3, out
-        assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "result.json").exists()
+        log = (run_dir / "attempt-1.log").read_text()[-3000:]
+        assert out is not None and out.state == "preempted" and out.exit_code == 3, (out, log)
+        assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "result.json").exists(), log
         run = CommandRun(run_dir, attempt=2)
         run.start()
     out = run.wait(timeout=120)
     assert out is not None and out.state == "completed", (out, (run_dir / f"attempt-{run.attempt}.log").read_text()[-2000:])
     res = json.loads((run_dir / "result.json").read_text())
     assert out.result == res and res["run_id"] == r.run_id and res["val_loss"] > 0
-    assert metrics(run_dir)[-1]["step"] == r.steps
-    assert run.attempt == 1 or res.get("resumed_from_step")
+    assert metrics(run_dir)[-1]["step"] == r.steps, metrics(run_dir)[-3:]
+    assert run.attempt == 1 or res.get("resumed_from_step"), res
+
+
+# ------------------------------------------------------------------ the shipped nanogpt template
+
+
+def _nanogpt_run(tmp_path: Path, name: str) -> Path:
+    ng = tmp_path / "nanoGPT"
+    (ng / "data" / "toy").mkdir(parents=True, exist_ok=True)
+    return make_run(tmp_path, name, steps=40, trainer="nanogpt", lr=0.5,
+                    schedule={"kind": "cosine", "warmup_frac": 0.1, "min_lr_frac": 0.1, "decay_frac": 0.2},
+                    compile=False, dtype="fp32", device="cpu",
+                    vars={"nanogpt_dir": str(ng), "train_py": str(REPO / "tests/scripts/nanogpt_like/train.py"),
+                          "dataset": "toy", "eval_interval": 10, "log_interval": 5, "eval_iters": 2})
+
+
+def test_nanogpt_template_end_to_end(tmp_path, monkeypatch):
+    ref = run_to_end(_nanogpt_run(tmp_path, "ref"), attempt=1)
+    assert ref.state == "completed", ref.reason
+    assert ref.result["source"] == "log_regex" and ref.result["steps"] == 40 and ref.result["tokens"] == 40 * 64
+    m = metrics(tmp_path / "ref")
+    assert [x["step"] for x in m if "val_loss" in x] == [0, 10, 20, 30, 40] and m[-1]["val_loss"] == ref.result["val_loss"]
+
+    run_dir = _nanogpt_run(tmp_path, "split")
+    monkeypatch.setenv("NANOGPT_LIKE_SLEEP", "0.03")
+    first = CommandRun(run_dir, attempt=1)
+    assert "--init_from=scratch" in first.command
+    first.start()
+    wait_for(lambda: (run_dir / "checkpoint" / "ckpt.pt").exists() or first.poll() is not None)
+    first.interrupt()  # nanoGPT does not catch SIGUSR1: it dies, and resumes from its last eval checkpoint
+    out = first.wait(timeout=30)
+    assert out.state == "preempted" and "SIGUSR1" in out.reason, out
+    monkeypatch.delenv("NANOGPT_LIKE_SLEEP")
+    second = CommandRun(run_dir, attempt=2)
+    assert "--init_from=resume" in second.command
+    second.start()
+    out = second.wait(timeout=60)
+    assert out.state == "completed", out.reason
+    assert out.result["val_loss"] == ref.result["val_loss"]

@@ -46,6 +46,13 @@ def test_shipped_templates_load():
     assert load_template("builtin").native
 
 
+def test_template_search_path(tmp_path, monkeypatch):
+    (tmp_path / "mine.yaml").write_text("# mine\ndescription: x\ncommand: echo {{ run_id }}\n")
+    monkeypatch.setenv("ISOFLOP_COMMAND_TEMPLATES", str(tmp_path))
+    assert load_template("mine").path == str(tmp_path / "mine.yaml") and "mine" in shipped_templates()
+    assert render_command(_definition(trainer="mine"), tmp_path) == "echo " + _definition()["run_id"]
+
+
 def test_builtin_renders_module_invocation(tmp_path):
     d = _definition()
     run_dir = tmp_path / "run dir"
@@ -118,6 +125,8 @@ def test_nanogpt_flags(tmp_path):
     assert flags["out_dir"] == str(tmp_path / "checkpoint") and flags["dataset"] == "shakespeare_char"
     assert float(flags["learning_rate"]) == d["lr"]
     (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "events.out").write_bytes(b"x")  # not a checkpoint (checkpoint_glob)
+    assert "--init_from=scratch" in render_command(d, tmp_path)
     (tmp_path / "checkpoint" / "ckpt.pt").write_bytes(b"x")
     assert "--init_from=resume" in render_command(d, tmp_path)
     with pytest.raises(ValueError, match="not a multiple"):
@@ -150,7 +159,7 @@ def test_job_environment(tmp_path):
     assert env["ISOFLOP_METRICS"] == str(tmp_path / "attempt-3.metrics.jsonl")
     assert "ISOFLOP_RESUME_FROM" not in env
     (tmp_path / "checkpoint").mkdir()
-    (tmp_path / "checkpoint" / "x").write_text("x")
+    (tmp_path / "checkpoint" / "ckpt.pt").write_text("x")
     assert job_environment(d, tmp_path)["ISOFLOP_RESUME_FROM"] == str(tmp_path / "checkpoint")
     b = job_environment(_definition(), tmp_path)
     assert b["ISOFLOP_RESULT"] == str(tmp_path / "result.json") and "ISOFLOP_RESUME_FROM" not in b

@@ -1,0 +1,848 @@
+"""Command templates: how a run becomes a shell command line, and how its result comes back.
+
+A command template is a small YAML file (``templates/commands/<name>.yaml`` or a user's
+path) whose ``command`` is Jinja2. It is rendered once per run and attempt with the run's
+fields (see `template_context`). Every ``{{ ... }}`` output passes through a finalize hook
+that shell-quotes it (`shlex.quote`), so no value of a spec (vars, a data path, ...) can
+inject a command, and no template author can forget to quote. Constant text of the
+template is not touched; ``{{ "..." | raw }}`` is accepted on string literals only.
+
+Template keys (all but ``command`` optional):
+
+    description: one line shown by tools
+    command: the Jinja2 source of the shell command (YAML ``>-`` folds it onto one line)
+    native: true when the command writes RUN_DIR/result.json and metrics.jsonl itself in
+            isoflop's own format (the built-in trainer); otherwise the result is read from
+            $ISOFLOP_RESULT or `result_regex` and normalized by `collect_result`
+    result_regex: a regex that finds the final loss in the log (last match wins); group
+            ``loss`` (or the first group); optional groups ``step``, ``train_loss``, ``tokens``
+    progress_regex: a regex for progress lines in the log; group ``step`` (or the first
+            group) and any of ``train_loss``/``loss`` (or the second group), ``val_loss``,
+            ``tokens``; matches are appended to RUN_DIR/metrics.jsonl
+    resumable: false when the script cannot resume: an interrupted attempt then restarts
+            from scratch and the partial files are moved under RUN_DIR/attempt-<n>/
+    srun: true to prefix ``srun [srun_args]`` when the dispatcher runs on Slurm
+    srun_args: constant options for that srun
+    stop_signal: the signal to forward on a time limit/preemption instead of the one
+            asked (e.g. TERM for torchrun, which forwards SIGTERM to its workers)
+    cwd: the working folder of the command (Jinja2, not quoted: it is not shell text)
+    checkpoint_glob: what in RUN_DIR/checkpoint/ counts as a checkpoint to resume from
+            (e.g. ckpt.pt; default: anything)
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import re
+import shlex
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates" / "commands"
+
+RESULT_NAME = "result.json"
+METRICS_NAME = "metrics.jsonl"
+RUN_JSON = "run.json"
+CHECKPOINT_DIR = "checkpoint"  # external commands' checkpoint folder under RUN_DIR
+BUILTIN_CHECKPOINT = "checkpoint.pt"  # the built-in trainer's
+LOG_PREFIX = "[isoflop] "  # lines the runner itself writes into the attempt log
+EXIT_PREEMPTED = 3
+
+_KEYS = {
+    "name", "description", "command", "native", "result_regex", "progress_regex", "resumable",
+    "srun", "srun_args", "stop_signal", "cwd", "checkpoint_glob",
+}
+_STOP_SIGNALS = {"TERM", "USR1", "USR2", "INT", "HUP"}
+# a command that died of (or exited 128+) one of these was stopped by a scheduler, not broken
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT, signal.SIGHUP)
+
+
+@dataclass(frozen=True)
+class CommandTemplate:
+    name: str
+    command: str  # Jinja2 source
+    result_regex: Optional[str] = None
+    progress_regex: Optional[str] = None
+    resumable: bool = True
+    srun: bool = False
+    description: str = ""
+    native: bool = False
+    srun_args: str = ""
+    stop_signal: Optional[str] = None
+    cwd: Optional[str] = None
+    checkpoint_glob: Optional[str] = None
+    path: Optional[str] = None  # the file it was loaded from
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: str  # "completed" | "failed" | "diverged" | "preempted"
+    reason: Optional[str]
+    result: Optional[dict]  # the normalized result (what RUN_DIR/result.json holds)
+    exit_code: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"state": self.state, "reason": self.reason, "exit_code": self.exit_code}
+
+
+# --------------------------------------------------------------------------- Jinja2
+
+
+class _Raw(str):
+    """Output of the `raw` filter: passed through unquoted by the finalize hook."""
+
+
+def _quote_scalar(v: Any) -> str:
+    if isinstance(v, _Raw):
+        return str(v)
+    if v is None:
+        return "''"
+    if isinstance(v, bool):
+        return str(v)  # True/False: what nanoGPT's configurator (literal_eval) expects
+    if isinstance(v, float):
+        return shlex.quote(repr(v))
+    if isinstance(v, (dict, list, tuple)):
+        return shlex.quote(json.dumps(v))
+    return shlex.quote(str(v))
+
+
+def _finalize(v: Any) -> str:
+    """Every {{ }} output: shell-quoted; a list becomes several quoted words."""
+    if isinstance(v, (list, tuple)):
+        return " ".join(_quote_scalar(x) for x in v)
+    return _quote_scalar(v)
+
+
+class _TemplateFailure(Exception):
+    pass
+
+
+def _fail(msg: str) -> str:
+    raise _TemplateFailure(msg)
+
+
+def _env(quoting: bool):
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(
+        undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False,
+        autoescape=False, finalize=_finalize if quoting else None,
+    )
+    env.filters["raw"] = lambda v: _Raw(v)
+    env.filters["q"] = lambda v: _Raw(_finalize(v))  # explicit quoting (a no-op on top of finalize)
+    env.globals["fail"] = _fail
+    return env
+
+
+def _check_raw_literals(source: str, where: str) -> None:
+    """`raw` is for the template author's constants: refuse it on anything but a string literal."""
+    from jinja2 import nodes
+
+    ast = _env(True).parse(source)
+    for f in ast.find_all(nodes.Filter):
+        if f.name == "raw" and not isinstance(f.node, nodes.Const):
+            raise ValueError(f"{where}: the 'raw' filter is allowed on string literals only "
+                             "(every substituted value is shell-quoted)")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _template_path(name_or_path: str) -> Path:
+    s = str(name_or_path).strip()
+    if not s:
+        raise ValueError("command template: empty name")
+    looks_like_path = "/" in s or os.sep in s or s.endswith((".yaml", ".yml")) or s.startswith(("~", "."))
+    if looks_like_path:
+        p = Path(s).expanduser()
+        if not p.is_file():
+            raise ValueError(f"command template file {s!r} not found (from {os.getcwd()})")
+        return p
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", s):
+        raise ValueError(f"command template {s!r}: not a template name or a path to a .yaml file")
+    for d in template_dirs():
+        p = d / f"{s}.yaml"
+        if p.is_file():
+            return p
+    raise ValueError(f"unknown command template {s!r} (known: {', '.join(shipped_templates()) or 'none'}; "
+                     "or give a path to a .yaml file)")
+
+
+def template_dirs() -> list[Path]:
+    """Where template names are looked up: $ISOFLOP_COMMAND_TEMPLATES (':'-separated folders),
+    then the shipped templates/commands/."""
+    extra = [Path(x).expanduser() for x in os.environ.get("ISOFLOP_COMMAND_TEMPLATES", "").split(os.pathsep) if x]
+    return [*extra, TEMPLATES_DIR]
+
+
+def shipped_templates() -> list[str]:
+    return sorted({p.stem for d in template_dirs() if d.is_dir() for p in d.glob("*.yaml")})
+
+
+def load_template(name_or_path: str) -> CommandTemplate:
+    """A shipped template by name or a user's template file; ValueError (one line) when unusable."""
+    import yaml
+    from jinja2 import TemplateSyntaxError
+
+    p = _template_path(name_or_path)
+    where = f"command template {p}"
+    try:
+        data = yaml.safe_load(p.read_text())
+    except OSError as e:
+        raise ValueError(f"{where}: cannot read ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise ValueError(f"{where}: YAML syntax error{at}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: must be a mapping with at least a 'command' key")
+    unknown = sorted(set(data) - _KEYS)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} "
+                         f"(known: {', '.join(sorted(_KEYS))})")
+    cmd = data.get("command")
+    if not isinstance(cmd, str) or not cmd.strip():
+        raise ValueError(f"{where}: 'command' must be a non-empty string")
+    for key in ("command", "cwd"):
+        src = data.get(key)
+        if src is None:
+            continue
+        if not isinstance(src, str):
+            raise ValueError(f"{where}: {key!r} must be a string")
+        try:
+            _env(True).parse(src)
+        except TemplateSyntaxError as e:
+            raise ValueError(f"{where}: Jinja2 syntax error in {key!r} at line {e.lineno}: {e.message}") from None
+        _check_raw_literals(src, where)
+    for key in ("result_regex", "progress_regex"):
+        rx = data.get(key)
+        if rx is None:
+            continue
+        if not isinstance(rx, str):
+            raise ValueError(f"{where}: {key!r} must be a string (a Python regular expression)")
+        try:
+            c = re.compile(rx)
+        except re.error as e:
+            raise ValueError(f"{where}: {key!r} is not a valid regular expression: {e}") from None
+        if key == "result_regex" and c.groups < 1:
+            raise ValueError(f"{where}: 'result_regex' needs a group for the loss: (?P<loss>...)")
+        if key == "progress_regex" and c.groups < 2 and not (
+                "step" in c.groupindex and {"loss", "train_loss", "val_loss"} & set(c.groupindex)):
+            raise ValueError(f"{where}: 'progress_regex' needs a step group and a loss group")
+    for key in ("native", "resumable", "srun"):
+        if key in data and not isinstance(data[key], bool):
+            raise ValueError(f"{where}: {key!r} must be true or false, got {data[key]!r}")
+    stop = data.get("stop_signal")
+    if stop is not None:
+        stop = str(stop).upper().removeprefix("SIG")
+        if stop not in _STOP_SIGNALS:
+            raise ValueError(f"{where}: 'stop_signal' must be one of {', '.join(sorted(_STOP_SIGNALS))}")
+    glob = data.get("checkpoint_glob")
+    if glob is not None and (not isinstance(glob, str) or not glob or "/" in glob or ".." in glob):
+        raise ValueError(f"{where}: 'checkpoint_glob' must be a file name pattern such as 'ckpt.pt'")
+    srun_args = data.get("srun_args") or ""
+    if not isinstance(srun_args, str):
+        raise ValueError(f"{where}: 'srun_args' must be a string")
+    return CommandTemplate(
+        name=str(data.get("name") or p.stem), command=cmd, result_regex=data.get("result_regex"),
+        progress_regex=data.get("progress_regex"), resumable=data.get("resumable", True),
+        srun=data.get("srun", False), description=str(data.get("description") or ""),
+        native=data.get("native", False), srun_args=srun_args, stop_signal=stop, cwd=data.get("cwd"),
+        checkpoint_glob=glob, path=str(p),
+    )
+
+
+def template_of(definition: dict) -> CommandTemplate:
+    return load_template(definition.get("trainer") or "builtin")
+
+
+# --------------------------------------------------------------------------- per-run paths
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    run_dir: Path
+    attempt: int
+    native: bool
+    checkpoint_glob: Optional[str] = None
+
+    @property
+    def log(self) -> Path:
+        return self.run_dir / f"attempt-{self.attempt}.log"
+
+    @property
+    def result(self) -> Path:  # what $ISOFLOP_RESULT names
+        return self.run_dir / (RESULT_NAME if self.native else f"attempt-{self.attempt}.result.json")
+
+    @property
+    def script_metrics(self) -> Path:  # what $ISOFLOP_METRICS names
+        return self.run_dir / (METRICS_NAME if self.native else f"attempt-{self.attempt}.metrics.jsonl")
+
+    @property
+    def metrics(self) -> Path:
+        return self.run_dir / METRICS_NAME
+
+    @property
+    def normalized_result(self) -> Path:
+        return self.run_dir / RESULT_NAME
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir if self.native else self.run_dir / CHECKPOINT_DIR
+
+    def resume_from(self, resumable: bool = True) -> str:
+        """The checkpoint to resume from, or "" when there is none (or the template cannot resume)."""
+        if not resumable:
+            return ""
+        if self.native:
+            p = self.run_dir / BUILTIN_CHECKPOINT
+            return str(p) if p.is_file() else ""
+        d = self.checkpoint_dir
+        try:
+            found = any(d.glob(self.checkpoint_glob)) if self.checkpoint_glob else any(d.iterdir())
+            return str(d) if d.is_dir() and found else ""
+        except OSError:
+            return ""
+
+
+def paths_for(run_dir: Path, attempt: int, template: CommandTemplate) -> RunPaths:
+    return RunPaths(Path(os.path.abspath(run_dir)), int(attempt), template.native, template.checkpoint_glob)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _params(definition: dict) -> dict[str, Optional[int]]:
+    try:
+        from ..plan import flops
+
+        sh = definition["shape"]
+        shape = flops.Shape(**{k: sh[k] for k in ("n_layer", "d_model", "n_head", "vocab_size", "seq_len")},
+                           **{k: sh[k] for k in ("mlp", "tied", "qk_norm") if k in sh})
+        conv = definition.get("param_convention") or "non_embedding"
+        out: dict[str, Optional[int]] = {"params": int(flops.params(shape, conv))}
+        for c in flops.PARAM_CONVENTIONS:
+            out[f"params_{c}"] = int(flops.params(shape, c))
+        return out
+    except Exception:  # a hand-written run.json without a full shape
+        return {"params": definition.get("params")}
+
+
+def _tidy(x: float) -> float:
+    """Drop float noise from a product (6e-05, not 5.9999999999999995e-05)."""
+    return float(f"{x:.12g}")
+
+
+def template_context(definition: dict, run_dir: Path, *, attempt: int = 1,
+                     template: Optional[CommandTemplate] = None) -> dict[str, Any]:
+    """The variables a command template sees (documented in templates/commands/README section)."""
+    t = template or template_of(definition)
+    paths = paths_for(run_dir, attempt, t)
+    shape = dict(definition.get("shape") or {})
+    opt = dict(definition.get("optimizer") or {})
+    sched = dict(definition.get("schedule") or {})
+    data = dict(definition.get("data") or {})
+    steps = int(definition.get("steps") or 0)
+    lr_scale = float(definition.get("lr_scale") or 1.0)
+    lr = _tidy(float(definition.get("lr") or 0.0) * lr_scale)
+    warmup_frac = float(sched.get("warmup_frac", 0.0))
+    min_lr_frac = float(sched.get("min_lr_frac", 0.0))
+    ctx: dict[str, Any] = {
+        "python": sys.executable,
+        "run_id": definition.get("run_id", ""),
+        "sweep": definition.get("sweep", ""),
+        "budget": definition.get("budget"),
+        "attempt": int(attempt),
+        "shape": shape,
+        "n_layer": shape.get("n_layer"), "n_head": shape.get("n_head"), "d_model": shape.get("d_model"),
+        "vocab_size": shape.get("vocab_size"), "seq_len": shape.get("seq_len"),
+        "mlp": shape.get("mlp"), "tied": shape.get("tied"), "qk_norm": shape.get("qk_norm"),
+        "head_dim": (shape["d_model"] // shape["n_head"]) if shape.get("n_head") else None,
+        "tokens": definition.get("tokens"), "steps": steps,
+        "batch_seqs": definition.get("batch_seqs"), "batch_tokens": definition.get("batch_tokens"),
+        "lr": lr, "lr_scale": lr_scale, "base_lr": definition.get("lr"),
+        "min_lr": _tidy(lr * min_lr_frac), "warmup_steps": int(round(warmup_frac * steps)),
+        "schedule": sched.get("kind", "cosine"), "warmup_frac": warmup_frac, "min_lr_frac": min_lr_frac,
+        "decay_frac": sched.get("decay_frac"),
+        "decay_steps": int(round(float(sched.get("decay_frac") or 0.0) * steps)),
+        "beta1": opt.get("beta1"), "beta2": opt.get("beta2"), "weight_decay": opt.get("weight_decay"),
+        "grad_clip": opt.get("grad_clip"),
+        "seed": definition.get("seed", 0),
+        "device": definition.get("device"), "dtype": definition.get("dtype"),
+        "compile": definition.get("compile"), "threads": definition.get("threads"),
+        "data_kind": data.get("kind"), "data_path": data.get("path") or "",
+        "run_dir": str(paths.run_dir),
+        "checkpoint_dir": str(paths.checkpoint_dir),
+        "resume_from": paths.resume_from(t.resumable),
+        "result_path": str(paths.result),
+        "metrics_path": str(paths.script_metrics),
+        "log_path": str(paths.log),
+        "vars": dict(definition.get("vars") or {}),
+        "flop_convention": definition.get("flop_convention"),
+        "param_convention": definition.get("param_convention"),
+        "planned": dict(definition.get("planned") or {}),
+        "definition": definition,
+    }
+    ctx.update(_params(definition))
+    return ctx
+
+
+def _render(source: str, ctx: dict, where: str, quoting: bool = True) -> str:
+    from jinja2 import TemplateError
+
+    try:
+        return _env(quoting).from_string(source).render(ctx)
+    except _TemplateFailure as e:
+        raise ValueError(f"{where}: {e}") from None
+    except TemplateError as e:
+        raise ValueError(f"{where}: {type(e).__name__}: {e}") from None
+
+
+def render_command(definition: dict, run_dir: Path, *, attempt: int = 1, srun: bool = False,
+                   template: Optional[CommandTemplate] = None) -> str:
+    """The shell command line of one attempt of a run (pure: reads only the template and RUN_DIR's
+    checkpoint state). `srun=True` means "on Slurm": the template's `srun: true` then prefixes srun."""
+    t = template or template_of(definition)
+    ctx = template_context(definition, run_dir, attempt=attempt, template=t)
+    cmd = _render(t.command, ctx, f"command template {t.name!r}").strip()
+    if not cmd:
+        raise ValueError(f"command template {t.name!r}: renders to an empty command")
+    if srun and t.srun:
+        cmd = " ".join(x for x in ("srun", t.srun_args.strip(), cmd) if x)
+    return cmd
+
+
+def render_cwd(definition: dict, run_dir: Path, *, attempt: int = 1,
+               template: Optional[CommandTemplate] = None) -> Optional[str]:
+    t = template or template_of(definition)
+    if not t.cwd:
+        return None
+    ctx = template_context(definition, run_dir, attempt=attempt, template=t)
+    out = _render(t.cwd, ctx, f"command template {t.name!r} (cwd)", quoting=False).strip()
+    return os.path.expanduser(out) or None
+
+
+def job_environment(definition: dict, run_dir: Path, *, attempt: int = 1,
+                    template: Optional[CommandTemplate] = None) -> dict[str, str]:
+    """The ISOFLOP_* variables the command runs with (added to the job's environment)."""
+    t = template or template_of(definition)
+    paths = paths_for(run_dir, attempt, t)
+    env = {
+        "ISOFLOP_RUN_ID": str(definition.get("run_id", "")),
+        "ISOFLOP_RUN_DIR": str(paths.run_dir),
+        "ISOFLOP_ATTEMPT": str(int(attempt)),
+        "ISOFLOP_RESULT": str(paths.result),
+        "ISOFLOP_METRICS": str(paths.script_metrics),
+        "ISOFLOP_CHECKPOINT_DIR": str(paths.checkpoint_dir),
+        "PYTHONUNBUFFERED": "1",  # progress lines reach the log as they happen
+    }
+    resume = paths.resume_from(t.resumable)
+    if resume:
+        env["ISOFLOP_RESUME_FROM"] = resume
+    return env
+
+
+# --------------------------------------------------------------------------- results
+
+
+def _num(v: Any) -> Optional[float]:
+    """A loss-like value as float (NaN/inf kept); None when absent or not a number."""
+    if v is None or isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def _finite_or_none(v: Optional[float]) -> Optional[float]:
+    return v if v is not None and math.isfinite(v) else None
+
+
+_TMP_COUNTER = itertools.count()
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write-to-temp, fsync, rename: a reader sees the whole file or none."""
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}.{next(_TMP_COUNTER)}")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(obj, indent=2, allow_nan=False, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _log_lines(log_path: Path) -> Iterator[str]:
+    try:
+        with open(log_path, "r", errors="replace") as f:
+            for line in f:
+                if not line.startswith(LOG_PREFIX):
+                    yield line.rstrip("\r\n")
+    except FileNotFoundError:
+        return
+
+
+def last_log_line(log_path: Path, limit: int = 300) -> str:
+    """The last non-empty line the command wrote (for a failure's reason)."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 65536))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    for line in reversed(tail.splitlines()):
+        line = line.rstrip()
+        # the last segment of a \r-updated progress bar
+        line = line.split("\r")[-1].strip()
+        if line and not line.startswith(LOG_PREFIX):
+            return line if len(line) <= limit else line[: limit - 1] + "…"
+    return ""
+
+
+def _group(m: re.Match, name: str, index: Optional[int] = None) -> Optional[str]:
+    if name in m.re.groupindex:
+        return m.group(name)
+    if index is not None and m.re.groups >= index and not m.re.groupindex:
+        return m.group(index)
+    return None
+
+
+def parse_result_regex(regex: str, log_path: Path) -> Optional[dict[str, Any]]:
+    """The last match of `regex` in the log, as {loss, train_loss?, step?, tokens?, line}."""
+    rx = re.compile(regex)
+    last = None
+    for line in _log_lines(log_path):
+        m = rx.search(line)
+        if m:
+            last = m
+    if last is None:
+        return None
+    loss = _group(last, "loss", 1)
+    if loss is None and "val_loss" in last.re.groupindex:
+        loss = last.group("val_loss")
+    out: dict[str, Any] = {"loss": _num(loss), "line": last.group(0)}
+    for k in ("train_loss", "step", "tokens"):
+        if k in last.re.groupindex and last.group(k) is not None:
+            out[k] = _num(last.group(k))
+    return out
+
+
+class ProgressPump:
+    """Turns a script's progress ($ISOFLOP_METRICS lines and/or `progress_regex` log lines)
+    into RUN_DIR/metrics.jsonl lines in the built-in trainer's format (step, tokens, train_loss,
+    val_loss). Incremental: `pump()` reads only what is new and complete. A step at or below
+    the last one written is skipped (a resumed script re-emits the steps after its checkpoint)."""
+
+    def __init__(self, definition: dict, paths: RunPaths, template: CommandTemplate):
+        self.paths = paths
+        self.batch_tokens = int(definition.get("batch_tokens") or 0)
+        self.rx = re.compile(template.progress_regex) if template.progress_regex else None
+        self.offsets = {"metrics": 0, "log": 0}
+        self.last_step, self.last_keys = self._last_written()
+        self.nonfinite_step: Optional[int] = None
+        self.last_train_loss: Optional[float] = None
+
+    def _last_written(self) -> tuple[int, set]:
+        try:
+            with open(self.paths.metrics, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 65536))
+                lines = f.read().decode(errors="replace").splitlines()
+        except OSError:
+            return -1, set()
+        for line in reversed(lines):
+            try:
+                rec = json.loads(line)
+                return int(rec["step"]), set(rec)
+            except (ValueError, KeyError, TypeError):
+                continue
+        return -1, set()
+
+    def _new_lines(self, path: Path, key: str) -> list[str]:
+        try:
+            with open(path, "rb") as f:
+                f.seek(self.offsets[key])
+                chunk = f.read()
+        except OSError:
+            return []
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            return []
+        self.offsets[key] += end + 1
+        return chunk[: end + 1].decode(errors="replace").splitlines()
+
+    def _record(self, raw: dict[str, Any]) -> Optional[dict[str, Any]]:
+        step = _num(raw.get("step"))
+        if step is None or not math.isfinite(step):
+            return None
+        rec: dict[str, Any] = {"step": int(step)}
+        tokens = _num(raw.get("tokens"))
+        if tokens is not None and math.isfinite(tokens):
+            rec["tokens"] = int(tokens)
+        elif self.batch_tokens:
+            rec["tokens"] = int(step) * self.batch_tokens
+        train = _num(raw.get("train_loss", raw.get("loss")))
+        val = _num(raw.get("val_loss"))
+        for k, v in (("train_loss", train), ("val_loss", val)):
+            if v is None:
+                continue
+            if not math.isfinite(v):
+                if self.nonfinite_step is None:
+                    self.nonfinite_step = int(step)
+                rec[k] = None
+                rec["diverged"] = True
+            else:
+                rec[k] = v
+        if train is not None and math.isfinite(train):
+            self.last_train_loss = train
+        for k, v in raw.items():  # other numbers the script logged (lr, wall_s, ...)
+            if k not in rec and k not in ("loss",) and isinstance(v, (int, float)) and not isinstance(v, bool):
+                rec[k] = v if not isinstance(v, float) or math.isfinite(v) else None
+        return rec
+
+    def pump(self) -> int:
+        recs: list[dict[str, Any]] = []
+        if not self.paths.native:
+            for line in self._new_lines(self.paths.script_metrics, "metrics"):
+                try:
+                    raw = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(raw, dict):
+                    rec = self._record(raw)
+                    if rec:
+                        recs.append(rec)
+        if self.rx is not None:
+            for line in self._new_lines(self.paths.log, "log"):
+                if line.startswith(LOG_PREFIX):
+                    continue
+                m = self.rx.search(line.split("\r")[-1])
+                if not m:
+                    continue
+                gi = m.re.groupindex
+                if gi:
+                    raw = {k: m.group(k) for k in ("step", "loss", "train_loss", "val_loss", "tokens")
+                           if k in gi and m.group(k) is not None}
+                else:
+                    raw = {"step": m.group(1), "train_loss": m.group(2)}
+                rec = self._record(raw)
+                if rec:
+                    recs.append(rec)
+        out = []
+        for rec in recs:
+            s = rec["step"]
+            if s < self.last_step or (s == self.last_step and set(rec) <= self.last_keys):
+                continue
+            if s == self.last_step:
+                self.last_keys |= set(rec)
+            else:
+                self.last_step, self.last_keys = s, set(rec)
+            out.append(json.dumps(rec, allow_nan=False) + "\n")
+        if out:
+            with open(self.paths.metrics, "a") as f:
+                f.write("".join(out))
+        return len(out)
+
+
+def _signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
+def _died_of(exit_code: int) -> Optional[int]:
+    """The signal a command died of: a negative return code, or 128+N from a shell."""
+    if exit_code < 0:
+        return -exit_code
+    if 128 < exit_code < 128 + 65:
+        return exit_code - 128
+    return None
+
+
+def _read_script_result(path: Path) -> tuple[Optional[dict], Optional[str]]:
+    """(the JSON object the script wrote, or None; why it is unusable, or None)."""
+    if not path.is_file():
+        return None, None
+    try:
+        text = path.read_text()
+        obj = json.loads(text)
+    except (OSError, ValueError) as e:
+        return None, f"$ISOFLOP_RESULT ({path.name}) is not valid JSON: {e}"
+    if not isinstance(obj, dict):
+        return None, f"$ISOFLOP_RESULT ({path.name}) must hold a JSON object, got {type(obj).__name__}"
+    return obj, None
+
+
+def _normalize(definition: dict, raw: dict[str, Any], *, source: str, attempt: int, exit_code: int,
+               wall_s: Optional[float], template: CommandTemplate,
+               pump: Optional[ProgressPump]) -> tuple[Optional[dict], Optional[str]]:
+    """(normalized result, None) or (None, why the raw result is unusable)."""
+    loss = _num(raw.get("loss"))
+    val = _num(raw.get("val_loss"))
+    if val is None:
+        val = loss
+    diverged_flag = raw.get("diverged") is True
+    if val is None and not diverged_flag:
+        what = "$ISOFLOP_RESULT" if source == "result_file" else "result_regex"
+        return None, f"{what} gave no numeric 'loss' (got {raw.get('loss', raw.get('val_loss'))!r})"
+    train = _num(raw.get("train_loss"))
+    if train is None and pump is not None:
+        train = pump.last_train_loss
+    planned_steps = int(definition.get("steps") or 0)
+    batch_tokens = int(definition.get("batch_tokens") or 0)
+    steps = _num(raw.get("steps", raw.get("step")))
+    steps_i = int(steps) if steps is not None and math.isfinite(steps) else planned_steps
+    tokens = _num(raw.get("tokens"))
+    if tokens is not None and math.isfinite(tokens):
+        tokens_i = int(tokens)
+    elif steps is not None and batch_tokens:
+        tokens_i = steps_i * batch_tokens
+    else:
+        tokens_i = int(definition.get("tokens") or steps_i * batch_tokens)
+    diverged = diverged_flag or not (val is not None and math.isfinite(val))
+    diverged_step = None
+    if diverged:
+        ds = _num(raw.get("diverged_step"))
+        if ds is not None and math.isfinite(ds):
+            diverged_step = int(ds)
+        elif pump is not None and pump.nonfinite_step is not None:
+            diverged_step = pump.nonfinite_step
+        else:
+            diverged_step = steps_i
+    flops = _num(raw.get("flops", raw.get("measured_flops")))
+    script_wall = _num(raw.get("wall_s"))
+    result = {
+        "run_id": definition.get("run_id"),
+        "sweep": definition.get("sweep"),
+        "budget": definition.get("budget"),
+        "status": "diverged" if diverged else "ok",
+        "val_loss": None if diverged else val,
+        "train_loss": _finite_or_none(train),
+        "tokens": tokens_i,
+        "steps": steps_i,
+        "planned_steps": planned_steps,
+        "planned_tokens": definition.get("tokens"),
+        "measured_flops": _finite_or_none(flops),
+        "lr": float(definition.get("lr") or 0.0) * float(definition.get("lr_scale") or 1.0),
+        "wall_s": script_wall if script_wall is not None and math.isfinite(script_wall) else wall_s,
+        "diverged": diverged,
+        "diverged_step": diverged_step,
+        "source": source,
+        "trainer": template.name,
+        "attempt": attempt,
+        "exit_code": exit_code,
+        "reported": {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in raw.items()},
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    return result, None
+
+
+def collect_result(definition: dict, run_dir: Path, exit_code: int, log_path: Optional[Path] = None, *,
+                   attempt: Optional[int] = None, interrupted: Optional[int] = None,
+                   wall_s: Optional[float] = None, template: Optional[CommandTemplate] = None,
+                   pump: Optional[ProgressPump] = None, moved_aside: Optional[str] = None) -> Outcome:
+    """Classify a finished attempt and, for an external command that produced a result, write the
+    normalized RUN_DIR/result.json (atomically). `interrupted` is the signal forwarded to the
+    command, if any. Rules: exit 3, death by a preemption signal, or an interrupted command
+    without a result -> preempted; exit 0 with a result -> completed (diverged when the loss is
+    not finite or the result says so); exit 0 without a readable result -> failed; any other
+    exit -> failed, with the exit code and the last log line."""
+    t = template or template_of(definition)
+    if attempt is None:
+        m = re.fullmatch(r"attempt-(\d+)\.log", Path(log_path).name) if log_path else None
+        attempt = int(m.group(1)) if m else 1
+    paths = paths_for(run_dir, attempt, t)
+    log_path = Path(log_path) if log_path else paths.log
+    if pump is None and not t.native:
+        pump = ProgressPump(definition, paths, t)
+    if pump is not None:
+        pump.pump()
+    died = _died_of(exit_code)
+    tail = last_log_line(log_path)
+
+    def preempted(why: str) -> Outcome:
+        if not t.resumable:
+            why += f"; template {t.name!r} cannot resume: the next attempt restarts from scratch"
+        return Outcome("preempted", why, None, exit_code)
+
+    # ---- read what the command left
+    result: Optional[dict] = None
+    problem: Optional[str] = None
+    if t.native:
+        try:
+            obj = json.loads(paths.normalized_result.read_text())
+            if not isinstance(obj, dict):
+                raise ValueError("not a JSON object")
+            rid = definition.get("run_id")
+            if rid and obj.get("run_id") not in (None, rid):
+                problem = f"{paths.normalized_result.name} belongs to run {obj.get('run_id')!r}, not {rid!r}"
+            else:
+                result = obj
+        except FileNotFoundError:
+            problem = f"{paths.normalized_result.name} was not written"
+        except (OSError, ValueError) as e:
+            problem = f"{paths.normalized_result.name} is unreadable: {e}"
+    else:
+        raw, problem = _read_script_result(paths.result)
+        source = "result_file"
+        if raw is None and problem is None and t.result_regex:
+            raw = parse_result_regex(t.result_regex, log_path)
+            source = "log_regex"
+        if raw is not None:
+            result, problem = _normalize(definition, raw, source=source, attempt=attempt, exit_code=exit_code,
+                                         wall_s=wall_s, template=t, pump=pump)
+        elif problem is None:
+            where = [f"no $ISOFLOP_RESULT file ({paths.result.name})"]
+            if t.result_regex:
+                where.append(f"result_regex {t.result_regex!r} matched nothing in {log_path.name}")
+            else:
+                where.append("the template declares no result_regex")
+            problem = "; ".join(where)
+
+    # ---- classify
+    if exit_code == EXIT_PREEMPTED:
+        return preempted("exit code 3" + (f" after {_signal_name(interrupted)}" if interrupted else ""))
+    if died in PREEMPT_SIGNALS or (died is not None and interrupted):
+        return preempted(f"stopped by {_signal_name(died)} (exit code {exit_code})")
+    if exit_code != 0:
+        if interrupted:
+            return preempted(f"interrupted by {_signal_name(interrupted)}; exit code {exit_code}")
+        why = f"exit code {exit_code}"
+        if died is not None:
+            why += f" (killed by {_signal_name(died)}{', out of memory?' if died == signal.SIGKILL else ''})"
+        if result is not None:
+            why += "; a result was written but the command did not exit 0"
+        return Outcome("failed", why + (f": {tail}" if tail else ""), None, exit_code)
+    if result is None:
+        if interrupted:
+            return preempted(f"interrupted by {_signal_name(interrupted)}; exited 0 without a result")
+        return Outcome("failed", f"exited 0 without a readable result: {problem}", None, exit_code)
+    if not t.native:
+        if moved_aside:
+            result["moved_aside"] = moved_aside
+        write_json_atomic(paths.normalized_result, result)
+    if result.get("diverged"):
+        return Outcome("diverged", f"diverged at step {result.get('diverged_step')}", result, exit_code)
+    return Outcome("completed", None, result, exit_code)

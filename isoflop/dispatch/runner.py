@@ -1,0 +1,381 @@
+"""Run one attempt of a run as a child process: the built-in trainer or a command template.
+
+    run = CommandRun(run_dir, attempt=2)      # reads RUN_DIR/run.json, renders the command
+    run.start()                               # own session/process group; log -> RUN_DIR/attempt-2.log
+    ...  run.interrupt(signal.SIGUSR1)        # time limit / preemption: forwarded to the group
+    outcome = run.wait()                      # Outcome(state, reason, result, exit_code)
+
+The runner installs no signal handlers by itself (a submitit callable calls `interrupt()`);
+`forward_signals(run)` does it for a plain process. Progress of external commands
+($ISOFLOP_METRICS lines or the template's progress_regex) is copied into RUN_DIR/metrics.jsonl
+while `wait()` polls. After each attempt RUN_DIR/attempt-<n>.outcome.json records
+{attempt, state, reason, exit_code, wall_s, command, ...}.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+from .command import (
+    LOG_PREFIX, RUN_JSON, CommandTemplate, Outcome, ProgressPump, collect_result, job_environment,
+    load_template, paths_for, render_command, render_cwd, write_json_atomic,
+)
+
+__all__ = ["Outcome", "CommandRun", "run_to_end", "forward_signals", "read_run_json"]
+
+POLL_S = 0.2  # how often wait() checks the process
+PUMP_S = 1.0  # how often progress is copied into metrics.jsonl
+DRAIN_S = 30.0  # after the leader exits, how long to wait for the rest of its process group
+
+
+def read_run_json(run_dir: Path) -> dict:
+    p = Path(run_dir) / RUN_JSON
+    try:
+        obj = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{p}: not found (the dispatcher writes it before the job starts)") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{p}: unreadable: {e}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{p}: must hold a JSON object")
+    return obj
+
+
+def _shell() -> list[str]:
+    return ["/bin/bash", "-c"] if os.path.exists("/bin/bash") else ["/bin/sh", "-c"]
+
+
+# The shell survives a forwarded stop signal (a trap defers it until the foreground command
+# exits) so the command's own exit code comes back; the command itself gets default handlers.
+_TRAPS = "trap : TERM USR1 USR2 HUP INT\n"
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any non-zombie process is left in the process group."""
+    proc = Path("/proc")
+    if proc.is_dir():
+        for d in proc.iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            # pid (comm) state ppid pgrp ...; comm may contain spaces and parentheses
+            fields = stat[stat.rfind(")") + 2:].split()
+            if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                return True
+        return False
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _set_aside(paths, attempt: int) -> Optional[str]:
+    """Move a non-resumable command's partial files under RUN_DIR/attempt-<k>/ (k = the attempt
+    that left them); return that folder's name, or None when there was nothing to move."""
+    run_dir = paths.run_dir
+    victims = [p for p in (paths.checkpoint_dir, paths.metrics, paths.normalized_result)
+               if p != run_dir and p.exists()]
+    if paths.checkpoint_dir in victims and paths.checkpoint_dir.is_dir() and not any(paths.checkpoint_dir.iterdir()):
+        victims.remove(paths.checkpoint_dir)
+    if not victims:
+        return None
+    if paths.log.exists():  # the same attempt started again (a requeued job): its own files
+        k = attempt
+    else:
+        earlier = [int(p.name[len("attempt-"):-len(".log")]) for p in run_dir.glob("attempt-*.log")
+                   if p.name[len("attempt-"):-len(".log")].isdigit()]
+        earlier = [e for e in earlier if e < attempt]
+        k = max(earlier) if earlier else max(attempt - 1, 0)
+    dest = run_dir / f"attempt-{k}"
+    i = 1
+    while dest.exists():
+        dest = run_dir / f"attempt-{k}.{i}"
+        i += 1
+    dest.mkdir(parents=True)
+    for p in victims:
+        shutil.move(str(p), str(dest / p.name))
+    return dest.name
+
+
+class CommandRun:
+    """One attempt of one run, as a child process in its own session (process group)."""
+
+    def __init__(self, run_dir: Path, *, attempt: int, srun: bool = False,
+                 template: Optional[CommandTemplate] = None):
+        """Reads run.json, loads the template, renders the command. A problem there (no run.json,
+        an unknown or broken template, a template error) does not raise: it is kept in `error`,
+        start() logs it, and wait() returns a `failed` Outcome with it as the reason (exit code 2),
+        so a job records it like any other failure. Use `check()` to raise it instead."""
+        self.run_dir = Path(os.path.abspath(run_dir))
+        self.attempt = int(attempt)
+        self.srun = srun
+        self.log_path = self.run_dir / f"attempt-{self.attempt}.log"
+        self.definition: dict = {}
+        self.template: Optional[CommandTemplate] = template
+        self.command = ""
+        self.cwd: Optional[str] = None
+        self.error: Optional[str] = None
+        self.moved_aside: Optional[str] = None
+        self.interrupted: Optional[int] = None
+        self._proc: Optional[subprocess.Popen] = None
+        self._pgid: Optional[int] = None
+        self._t0 = 0.0
+        self._outcome: Optional[Outcome] = None
+        self._pump: Optional[ProgressPump] = None
+        self._lock = threading.RLock()
+        self._started = False
+        try:
+            self.definition = read_run_json(self.run_dir)
+            if self.template is None:
+                self.template = load_template(self.definition.get("trainer") or "builtin")
+            self.paths = paths_for(self.run_dir, self.attempt, self.template)
+            self.command = render_command(self.definition, self.run_dir, attempt=self.attempt, srun=srun,
+                                          template=self.template)
+            self.cwd = render_cwd(self.definition, self.run_dir, attempt=self.attempt, template=self.template)
+        except ValueError as e:
+            self.error = str(e)
+
+    def check(self) -> "CommandRun":
+        """Raise ValueError if the run cannot be started (see __init__)."""
+        if self.error:
+            raise ValueError(self.error)
+        return self
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self._proc.pid if self._proc else None
+
+    def _log(self, msg: str) -> None:
+        with open(self.log_path, "a") as f:
+            f.write(f"{LOG_PREFIX}{time.strftime('%Y-%m-%dT%H:%M:%S')} {msg}\n")
+
+    def start(self) -> None:
+        if self._started:
+            raise RuntimeError(f"attempt {self.attempt} of {self.run_dir.name} was already started")
+        self._started = True
+        self._t0 = time.time()
+        if self.error is None and self.cwd and not os.path.isdir(self.cwd):
+            self.error = f"command template {self.template.name!r}: working folder {self.cwd!r} does not exist"
+        if self.error is not None:
+            if self.run_dir.is_dir():
+                self._log(f"attempt {self.attempt} cannot start: {self.error}")
+            self._outcome = Outcome("failed", self.error, None, 2)
+            return
+        if self.interrupted is not None:  # a stop signal came before the command existed
+            self._outcome = Outcome("preempted", f"interrupted by {signal.Signals(self.interrupted).name} "
+                                    "before the command started", None, 0)
+            self._log(f"attempt {self.attempt} not started: {self._outcome.reason}")
+            return
+        try:
+            self._spawn()
+        except OSError as e:
+            self.error = f"cannot start the command: {e}"
+            self._log(self.error)
+            self._outcome = Outcome("failed", self.error, None, 2)
+
+    def _spawn(self) -> None:
+        t = self.template
+        assert t is not None
+        if not t.resumable:
+            self.moved_aside = _set_aside(self.paths, self.attempt)
+        if not t.native:
+            self.paths.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        # render again: what is on disk now decides resume_from
+        self.command = render_command(self.definition, self.run_dir, attempt=self.attempt, srun=self.srun,
+                                      template=t)
+        env = dict(os.environ)
+        env.update(job_environment(self.definition, self.run_dir, attempt=self.attempt, template=t))
+        self._log(f"attempt {self.attempt} of run {self.definition.get('run_id', self.run_dir.name)}, "
+                  f"template {t.name!r}" + (f", cwd {self.cwd}" if self.cwd else ""))
+        if self.moved_aside:
+            self._log(f"template {t.name!r} cannot resume: moved the earlier partial files to "
+                      f"{self.moved_aside}/ and restart from scratch")
+        self._log(f"command: {self.command}")
+        self._pump = None if t.native else ProgressPump(self.definition, self.paths, t)
+        log = open(self.log_path, "ab")
+        try:
+            self._proc = subprocess.Popen(
+                [*_shell(), _TRAPS + self.command], stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, env=env, cwd=self.cwd, start_new_session=True, close_fds=True,
+            )
+        finally:
+            log.close()
+        self._pgid = self._proc.pid  # start_new_session: the child leads its own group
+        if self.interrupted is not None:  # interrupt() ran while we were spawning
+            os.killpg(self._pgid, self.interrupted)
+
+    def interrupt(self, sig: int = signal.SIGUSR1) -> None:
+        """Forward a time-limit/preemption signal to the command's whole process group. Safe to call
+        from a signal handler, more than once, and after the command ended (then a no-op)."""
+        if self.template is not None and self.template.stop_signal:
+            sig = getattr(signal, f"SIG{self.template.stop_signal}")
+        if self._proc is None:  # not started (yet): start() will not spawn, or will forward it
+            if self.interrupted is None:
+                self.interrupted = int(sig)
+            return
+        if self._proc.poll() is not None:
+            return
+        if self.interrupted is None:
+            self.interrupted = int(sig)
+        try:
+            os.killpg(self._proc.pid, sig)  # start_new_session: the child's pid is its group's id
+        except ProcessLookupError:
+            pass
+
+    def kill(self) -> None:
+        """SIGKILL the process group (cleanup; the outcome will be failed unless interrupted)."""
+        if self._pgid is not None:
+            try:
+                os.killpg(self._pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def poll(self) -> Optional[int]:
+        return None if self._proc is None else self._proc.poll()
+
+    def wait(self, timeout: Optional[float] = None) -> Optional[Outcome]:
+        """The outcome once the command ended; None if it is still running after `timeout` s."""
+        if self._outcome is not None:
+            return self._outcome
+        if not self._started:
+            raise RuntimeError("wait() before start()")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last_pump = 0.0
+        while True:
+            rc = self._proc.poll()
+            if rc is not None:
+                break
+            now = time.monotonic()
+            if self._pump is not None and now - last_pump >= PUMP_S:
+                self._pump.pump()
+                last_pump = now
+            if deadline is not None and now >= deadline:
+                return None
+            time.sleep(POLL_S if deadline is None else max(0.0, min(POLL_S, deadline - now)))
+        # wait() may be re-entered from a signal handler (submitit's checkpoint() calls
+        # interrupt() then wait()) while this frame is finishing: an RLock lets the inner call
+        # finish the attempt; the outer one then returns the same outcome.
+        with self._lock:
+            if self._outcome is None:
+                outcome = self._finish(rc)
+                if self._outcome is None:
+                    self._outcome = outcome
+            return self._outcome
+
+    def _finish(self, rc: int) -> Outcome:
+        # a command's helpers (torchrun workers, a backgrounded writer) may outlive the leader
+        end = time.monotonic() + DRAIN_S
+        while self._pgid is not None and _group_alive(self._pgid) and time.monotonic() < end:
+            time.sleep(POLL_S)
+            if self._outcome is not None:  # finished by a re-entrant wait()
+                return self._outcome
+        wall = time.time() - self._t0
+        try:
+            outcome = collect_result(self.definition, self.run_dir, rc, self.log_path, attempt=self.attempt,
+                                     interrupted=self.interrupted, wall_s=self._total_wall(wall),
+                                     template=self.template, pump=self._pump, moved_aside=self.moved_aside)
+        except Exception as e:  # never let a bookkeeping error pass for a result
+            outcome = Outcome("failed", f"collecting the result failed: {type(e).__name__}: {e}", None, rc)
+        self._log(f"exit code {rc} after {wall:.1f} s: {outcome.state}"
+                  + (f" ({outcome.reason})" if outcome.reason else ""))
+        record = {**outcome.to_json(), "attempt": self.attempt, "run_id": self.definition.get("run_id"),
+                  "template": self.template.name, "command": self.command, "wall_s": wall,
+                  "interrupted": self.interrupted and signal.Signals(self.interrupted).name,
+                  "moved_aside": self.moved_aside, "started_at": self._t0, "ended_at": time.time()}
+        try:
+            write_json_atomic(self.run_dir / f"attempt-{self.attempt}.outcome.json", record)
+        except OSError:
+            pass
+        return outcome
+
+    def _total_wall(self, wall: float) -> float:
+        """This attempt's wall time plus that of earlier attempts of the same training (resumed)."""
+        total = wall
+        if not self.template.resumable:
+            return total
+        for p in self.run_dir.glob("attempt-*.outcome.json"):
+            try:
+                rec = json.loads(p.read_text())
+            except (OSError, ValueError):
+                continue
+            if rec.get("attempt") != self.attempt and rec.get("state") == "preempted":
+                total += float(rec.get("wall_s") or 0.0)
+        return total
+
+
+def run_to_end(run_dir: Path, *, attempt: int, srun: bool = False) -> Outcome:
+    """Start one attempt and wait for its outcome (no signal handling: see `forward_signals`)."""
+    run = CommandRun(run_dir, attempt=attempt, srun=srun)
+    run.start()  # a run that cannot start ends as failed, with the reason
+    out = run.wait()
+    assert out is not None
+    return out
+
+
+@contextlib.contextmanager
+def forward_signals(run: CommandRun, signals: Sequence[int] = (signal.SIGTERM, signal.SIGUSR1)) -> Iterator[CommandRun]:
+    """While inside, the listed signals received by this process are forwarded to the command
+    (`run.interrupt(sig)`) instead of killing it; the previous handlers come back on exit.
+    Main thread only (Python delivers signals there)."""
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("forward_signals() must be used from the main thread")
+    previous = {}
+
+    def handler(signum, frame):  # noqa: ARG001
+        run.interrupt(signum)
+
+    try:
+        for s in signals:
+            previous[s] = signal.signal(s, handler)
+        yield run
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """`python -m isoflop.dispatch.runner RUN_DIR [--attempt N]`: run one attempt by hand
+    (SIGTERM/SIGUSR1/SIGINT are forwarded to the command); prints the outcome as JSON."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m isoflop.dispatch.runner", description=main.__doc__)
+    ap.add_argument("run_dir")
+    ap.add_argument("--attempt", type=int, default=None, help="default: run.json's attempt")
+    ap.add_argument("--print-command", action="store_true", help="print the command and exit")
+    a = ap.parse_args(argv)
+    try:
+        attempt = a.attempt or int(read_run_json(Path(a.run_dir)).get("attempt") or 1)
+        run = CommandRun(Path(a.run_dir), attempt=attempt).check()
+    except ValueError as e:
+        print(f"isoflop runner: {e}", file=sys.stderr)
+        return 2
+    if a.print_command:
+        print(run.command)
+        return 0
+    run.start()
+    with forward_signals(run, (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)):
+        out = run.wait()
+    assert out is not None
+    print(json.dumps(out.to_json()))
+    return {"completed": 0, "diverged": 0, "preempted": 3}.get(out.state, 1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
