@@ -94,7 +94,7 @@ def test_result_complete(reference):
 
 def test_loss_falls(tmp_path):
     d = write_run(tmp_path / "fall", shape={"n_layer": 2, "d_model": 64, "n_head": 2, "seq_len": 64},
-                  steps=300, batch_seqs=8, lr=1e-2, log_every=50, threads=2, eval={"batches": 4})
+                  steps=300, batch_seqs=8, lr=1e-2, log_every=50, eval={"batches": 4})
     r = train(d)
     assert not r["diverged"]
     assert r["val_loss"] < 3.0 < math.log(256)
@@ -163,3 +163,93 @@ def test_bad_run_json_exit_code(tmp_path):
 def test_package_import_is_light():
     code = "import sys, isoflop.train, isoflop.train.config; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_options_train_end_to_end(tmp_path):
+    d = write_run(tmp_path / "opts", shape={"n_layer": 2, "d_model": 64, "n_head": 2, "mlp": "swiglu", "tied": False,
+                                            "qk_norm": True},
+                  model={"z_loss": 1e-4, "mup": True, "mup_base_width": 32}, steps=40, lr_scale=0.5,
+                  schedule={"kind": "wsd", "decay_frac": 0.25}, eval={"batches": 2, "every": 20}, log_every=20)
+    r = train(d)
+    assert not r["diverged"] and r["val_loss"] < math.log(256)
+    assert r["lr"] == pytest.approx(1.5e-3)
+    lines = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [20, 40] and all("val_loss" in x for x in lines)
+    assert lines[-1]["lr"] == pytest.approx(1.5e-4)  # WSD ends at min_lr_frac x peak
+
+
+def test_text_and_token_data_train(tmp_path):
+    import numpy as np
+
+    txt = tmp_path / "corpus.txt"
+    txt.write_text("the quick brown fox jumps over the lazy dog. " * 3000)
+    r = train(write_run(tmp_path / "txt", data={"kind": "text", "path": str(txt)}, steps=30))
+    assert not r["diverged"]
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    np.random.default_rng(0).integers(0, 1000, 20_000, dtype=np.uint16).tofile(tok / "train.bin")
+    np.random.default_rng(1).integers(0, 1000, 5_000, dtype=np.uint16).tofile(tok / "val.bin")
+    r = train(write_run(tmp_path / "tokrun", data={"kind": "tokens", "path": str(tok)}, steps=30,
+                        shape={"vocab_size": 1024}))
+    assert not r["diverged"] and r["val_loss"] < math.log(1024) + 0.5
+
+
+def test_retry_with_lr_scale_sets_old_result_aside(tmp_path):
+    d = write_run(tmp_path / "retry", lr=1e3, steps=40)
+    r1 = train(d)
+    assert r1["diverged"]
+    write_run(d, lr=1e3, steps=40, lr_scale=3e-6)
+    r2 = train(d)
+    assert not r2["diverged"] and r2["fingerprint"] != r1["fingerprint"]
+    assert json.loads((d / f"result.{r1['fingerprint']}.json").read_text())["diverged"]
+    assert json.loads((d / "result.json").read_text()) == r2
+    assert (d / f"metrics.{r1['fingerprint']}.jsonl").exists()
+    assert metric_steps(d) == [10, 20, 30, 40]
+
+
+def test_signal_handlers_restored_and_request_stop(tmp_path):
+    from isoflop.train.checkpoint import Preempted, request_stop
+
+    def mine(signum, frame):  # noqa: ARG001
+        pass
+
+    old = signal.signal(signal.SIGUSR2, mine)
+    try:
+        d = write_run(tmp_path / "h", steps=20)
+        train(d)
+        assert signal.getsignal(signal.SIGUSR2) is mine
+        # a real signal delivered to ourselves mid-run: checkpoint, Preempted, handlers restored
+        d2 = write_run(tmp_path / "h2", steps=30)
+        import isoflop.train.loop as loop_mod
+
+        orig = loop_mod.make_train_step
+
+        def make(*a, **k):
+            step = orig(*a, **k)
+            calls = []
+
+            def wrapped(xy):
+                calls.append(1)
+                if len(calls) == 5:
+                    os.kill(os.getpid(), signal.SIGUSR1)
+                return step(xy)
+            return wrapped
+
+        loop_mod.make_train_step = make
+        try:
+            with pytest.raises(Preempted) as ei:
+                train(d2)
+        finally:
+            loop_mod.make_train_step = orig
+        assert ei.value.step == 5 and ei.value.signum == signal.SIGUSR1
+        assert (d2 / "checkpoint.pt").exists() and not (d2 / "result.json").exists()
+        assert signal.getsignal(signal.SIGUSR2) is mine
+        r = train(d2)
+        assert r["resumed_from_step"] == 5 and r["steps"] == 30
+        # without our handlers, request_stop() does the same
+        d3 = write_run(tmp_path / "h3", steps=30)
+        request_stop()
+        with pytest.raises(Preempted):
+            train(d3, install_signal_handlers=False)
+    finally:
+        signal.signal(signal.SIGUSR2, old)

@@ -39,6 +39,7 @@ class Profile(BaseModel):
     min_time_minutes: int = Field(1, ge=1, description="the shortest time a job requests (floor)")
     setup: list[str] = Field(default_factory=list, description="lines run before the job (module load, venv)")
     sbatch: dict[str, Any] = Field(default_factory=dict, description="extra sbatch parameters (no leading --)")
+    signal_delay_s: int = Field(120, ge=0, description="the time-limit signal (USR2) comes this long before the limit")
     srun: bool = Field(False, description="start each run's command under srun (multi-task external trainers)")
     # --- arrays and packing
     max_array_size: int = Field(1001, ge=1, description="the cluster's MaxArraySize (largest index + 1)")
@@ -135,7 +136,7 @@ def load_profile(name_or_path: str | Path) -> Profile:
         if found:
             p = found[0]
         elif not p.is_file():
-            names = ", ".join(sorted(pr.name for pr in list_profiles())) or "none"
+            names = ", ".join(sorted({q.stem for d in _search_dirs() if d.is_dir() for q in d.glob("*.yaml")})) or "none"
             raise ProfileError(f"no cluster profile {s!r} (a name in cluster_profiles/ or a YAML path); known: {names}")
     try:
         data = yaml.safe_load(p.read_text())

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import sys
 import sysconfig
 from dataclasses import dataclass
@@ -91,7 +92,7 @@ def _split_bytes(b: bytes, min_val: int) -> tuple[bytes, bytes]:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp.{socket.gethostname()}.{os.getpid()}")  # unique on a shared FS
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()

@@ -1,4 +1,21 @@
-"""The job entry point: `train(run_dir)` is what a submitit job (or `python -m isoflop.train`) calls."""
+"""The job entry point: `train(run_dir)` is what a submitit job (or `python -m isoflop.train`) calls.
+
+Combining with submitit (or any handler already installed for SIGUSR1/SIGUSR2/SIGTERM):
+`train(run_dir)` installs its own handlers for the duration of the call and restores the
+previous ones when it returns or raises. On a signal it checkpoints at the next step boundary
+and raises `Preempted` (with `.signum`). A wrapper that wants the previous handler to run too
+(submitit's requeue on SIGUSR2) re-delivers the signal once train() has returned:
+
+    try:
+        return train(run_dir)
+    except Preempted as e:
+        if e.signum is not None:
+            os.kill(os.getpid(), e.signum)   # submitit's handler is back in place: it requeues
+        raise
+
+With install_signal_handlers=False nothing is installed; call `request_stop()` (from a signal
+handler or a callback) to get the same checkpoint-then-Preempted behaviour.
+"""
 from __future__ import annotations
 
 import json
@@ -8,7 +25,7 @@ from typing import Any
 from isoflop.train import checkpoint as ckpt
 from isoflop.train.checkpoint import Preempted, request_stop
 from isoflop.train.config import RunConfig
-from isoflop.train.loop import RESULT_NAME, fingerprint, run
+from isoflop.train.loop import METRICS_NAME, RESULT_NAME, fingerprint, run
 
 __all__ = ["train", "Preempted", "request_stop", "read_result"]
 
@@ -21,12 +38,21 @@ def read_result(run_dir: str | Path) -> dict[str, Any] | None:
         return None
 
 
+def _stale_result(run_dir: str | Path, fp: str) -> Path | None:
+    p = Path(run_dir) / RESULT_NAME
+    prev = read_result(run_dir)
+    return p if prev is not None and prev.get("fingerprint") != fp else None
+
+
 def train(run_dir: str | Path, install_signal_handlers: bool = True, force: bool = False) -> dict[str, Any]:
     """Train the run in run_dir (reads run_dir/run.json) and return the result dict.
 
     Resumes from run_dir/checkpoint.pt when one of the same run definition exists. If
-    result.json already exists for this run definition, it is returned without training
-    (a requeued job that had finished); force=True trains anyway.
+    result.json already exists for this run definition (same `fingerprint`: shape, model,
+    steps, batch, lr, lr_scale, optimizer, schedule, seed, data), it is returned without
+    training (a requeued job that had finished); force=True trains anyway. A result.json of
+    another definition (say, before an lr_scale retry) is renamed result.<fingerprint>.json
+    (and its metrics.jsonl metrics.<fingerprint>.jsonl).
     Raises `Preempted` after checkpointing when SIGUSR1/SIGUSR2/SIGTERM arrived (or
     `request_stop()` was called); requeue the job to resume.
     """
@@ -35,6 +61,13 @@ def train(run_dir: str | Path, install_signal_handlers: bool = True, force: bool
         prev = read_result(run_dir)
         if prev is not None and prev.get("fingerprint") == fingerprint(cfg):
             return prev
+    if prev_path := _stale_result(run_dir, fingerprint(cfg)):
+        # a result of another run definition (e.g. before an lr_scale retry): keep it aside
+        old_fp = (read_result(run_dir) or {}).get("fingerprint", "old")
+        metrics = Path(run_dir) / METRICS_NAME
+        if metrics.exists():
+            metrics.rename(metrics.with_name(f"metrics.{old_fp}.jsonl"))
+        prev_path.rename(prev_path.with_name(f"result.{old_fp}.json"))
     if install_signal_handlers:
         ckpt.install_signal_handlers()
     try:

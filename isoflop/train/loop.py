@@ -111,10 +111,14 @@ def pick_dtype(cfg: RunConfig, dev: torch.device) -> str:
 
 
 def make_optimizer(model: GPT, cfg: RunConfig, dev: torch.device) -> torch.optim.Optimizer:
+    """AdamW, fused kernel where this torch has one for the device (CUDA; CPU since torch 2.4), else foreach."""
     o = cfg.optimizer
-    kw: dict[str, Any] = {"fused": True}
-    return torch.optim.AdamW(model.param_groups(o.weight_decay), lr=cfg.peak_lr, betas=(o.beta1, o.beta2),
-                             eps=o.eps, **kw)
+    groups = model.param_groups(o.weight_decay)
+    kw = dict(lr=cfg.peak_lr, betas=(o.beta1, o.beta2), eps=o.eps)
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kw)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(groups, foreach=True, **kw)
 
 
 def _truncate_metrics(path: Path, upto_step: int) -> None:
@@ -130,6 +134,23 @@ def _truncate_metrics(path: Path, upto_step: int) -> None:
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
     tmp.write_text("".join(k + "\n" for k in keep))
     os.replace(tmp, path)
+
+
+def make_train_step(model, opt: torch.optim.Optimizer, params: list[torch.Tensor], clip: float, amp):
+    """One optimisation step on a (B, T+1) token batch; returns the detached loss (no sync)."""
+    clip_on = bool(clip and clip > 0)
+
+    def train_step(xy: torch.Tensor) -> torch.Tensor:
+        with amp():
+            _, loss = model(xy[:, :-1], xy[:, 1:])
+        loss.backward()
+        if clip_on:
+            torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return train_step
 
 
 @torch.no_grad()
@@ -176,8 +197,6 @@ def run(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
     model.check_counts()
     measured_fpt = measured_flops_per_token(model, T, V, dev)
     opt = make_optimizer(model, cfg, dev)
-    groups = opt.param_groups
-    params = [p for g in groups for p in g["params"]]
 
     # resume
     start_step, wall_before, resumed_from = 0, 0.0, None
@@ -195,12 +214,15 @@ def run(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
         acc_sum, acc_n = float(state.get("acc_sum", 0.0)), int(state.get("acc_n", 0))
         last_val = state.get("last_val")
         resumed_from = start_step
+    groups = opt.param_groups  # after load_state_dict, which replaces the group dicts
+    params = [p for g in groups for p in g["params"]]
     metrics_path = run_dir / METRICS_NAME
     _truncate_metrics(metrics_path, start_step)
 
     train_model = model
     if cfg.compile and dev.type == "cuda":
         train_model = torch.compile(model)  # type: ignore[assignment]
+    train_step = make_train_step(train_model, opt, params, cfg.optimizer.grad_clip, amp)
 
     eval_batches = [torch.from_numpy(b).to(dev) for b in
                     data_mod.eval_batches(splits, cfg.eval.batches, cfg.eval.batch_seqs, T, cfg.eval.seed)]
@@ -212,7 +234,6 @@ def run(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
     w_steps = warmup_steps(cfg)
     ln_v = math.log(V)
     peak = cfg.peak_lr
-    clip = cfg.optimizer.grad_clip
     pin = dev.type == "cuda"
 
     def state_dict(step: int) -> dict[str, Any]:
@@ -239,15 +260,8 @@ def run(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
             xy = torch.from_numpy(data_mod.train_batch(splits, cfg.seed, step, B, T))
             if pin:
                 xy = xy.pin_memory().to(dev, non_blocking=True)
-            with amp():
-                _, loss = train_model(xy[:, :-1], xy[:, 1:])
-            loss.backward()
-            if clip and clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            ld = train_step(xy)
             done = step + 1
-            ld = loss.detach()
             acc += ld
             acc_n += 1
             tok_win += B * T

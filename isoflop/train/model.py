@@ -78,18 +78,19 @@ class RMSNorm(nn.Module):
 
 
 def rotary_tables(seq_len: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of shape (seq_len, head_dim), halves repeated (the rotate-half layout)."""
+    """cos and sign-folded sin, each (seq_len, head_dim), for the rotate-half layout:
+    rotary(x) = x * cos + swap_halves(x) * sin, where sin's first half carries the minus sign."""
     inv = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
     ang = torch.outer(torch.arange(seq_len, dtype=torch.float64), inv)
-    ang = torch.cat([ang, ang], dim=-1)
-    return ang.cos().float(), ang.sin().float()
+    cos = torch.cat([ang.cos(), ang.cos()], dim=-1)
+    sin = torch.cat([-ang.sin(), ang.sin()], dim=-1)
+    return cos.float(), sin.float()
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x: (B, H, T, hd); cos/sin: (T, hd)
+    """Rotate the last dim of x (..., head_dim) by position; cos/sin broadcast against x."""
     h = x.size(-1) // 2
-    rot = torch.cat([-x[..., h:], x[..., :h]], dim=-1)
-    return x * cos + rot * sin
+    return x * cos + torch.cat([x[..., h:], x[..., :h]], dim=-1) * sin
 
 
 class Attention(nn.Module):
@@ -98,18 +99,26 @@ class Attention(nn.Module):
         d = cfg.d_model
         self.n_head = cfg.n_head
         self.head_dim = cfg.head_dim
-        self.qkv = nn.Linear(d, 3 * d, bias=False)  # Wq, Wk, Wv stacked: 3 d x d matrices
+        # Wq and Wk stacked (rotated together below), Wv apart: separate outputs keep every
+        # tensor contiguous, which is faster on CPU than one fused d x 3d matmul sliced three ways
+        self.qk = nn.Linear(d, 2 * d, bias=False)
+        self.v = nn.Linear(d, d, bias=False)
         self.proj = nn.Linear(d, d, bias=False)  # Wo
         self.q_norm = RMSNorm(self.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.eps = cfg.norm_eps
         self.scale = (1.0 / self.head_dim) if cfg.mup else None  # None = SDPA's 1/sqrt(head_dim)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        # cos/sin: (T, 1, 1, head_dim), broadcasting over (B, T, 2, H, head_dim)
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        qk = self.qk(x).view(B, T, 2, self.n_head, self.head_dim)  # q and k rotated together
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            w = torch.stack([self.q_norm.weight, self.k_norm.weight]).view(2, 1, self.head_dim)
+            qk = F.rms_norm(qk, (self.head_dim,), None, self.eps) * w
+        qk = apply_rotary(qk, cos, sin)
+        q, k = qk.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, T, hd) each
+        v = self.v(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
@@ -119,15 +128,14 @@ class MLP(nn.Module):
         super().__init__()
         d, f = cfg.d_model, cfg.shape.d_ff
         self.swiglu = cfg.mlp == "swiglu"
-        # SwiGLU: gate and up projections stacked in one d x 2f matmul
-        self.fc = nn.Linear(d, 2 * f if self.swiglu else f, bias=False)
+        self.fc = nn.Linear(d, f, bias=False)  # GELU: d -> 4d; SwiGLU: the gate
+        self.up = nn.Linear(d, f, bias=False) if self.swiglu else None  # SwiGLU's second input matrix
         self.proj = nn.Linear(f, d, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc(x)
-        if self.swiglu:
-            g, u = h.chunk(2, dim=-1)
-            h = F.silu(g) * u
+        if self.up is not None:
+            h = F.silu(h) * self.up(x)
         else:
             h = F.gelu(h)  # exact (erf) GELU: faster than the tanh form on CPU
         return self.proj(h)
@@ -182,7 +190,8 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """Returns (logits, loss). loss is the mean cross-entropy (+ z-loss) when targets are given."""
         T = idx.size(1)
-        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        cos = self.rope_cos[:T].view(T, 1, 1, -1)
+        sin = self.rope_sin[:T].view(T, 1, 1, -1)
         x = self.wte(idx)
         for block in self.blocks:
             x = block(x, cos, sin)

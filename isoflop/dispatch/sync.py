@@ -1,0 +1,388 @@
+"""Scheduler state + run files -> store, and the sweep's status.
+
+`sync_sweep(engine, name)` asks the scheduler which of the sweep's active attempts are alive
+(squeue; sacct when the cluster has accounting; the local pool's state files), ingests each
+active run's metrics.jsonl (incrementally) and result.json, decides each run's state, and
+returns a `SweepStatus`. Files decide results; the scheduler only says what is alive. A job
+that left the scheduler without a result makes its run `lost` (or `cancelled`).
+
+Fast path: with no active attempt it neither calls the scheduler nor touches a file; all reads
+are bulk queries over columns (no ORM objects), and neither torch nor submitit is imported.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NamedTuple, Optional
+
+from sqlalchemy import func, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from ..store.ingest import ingest_metrics, is_diverged, read_result, result_updates
+from ..store.models import ACTIVE_STATES, Attempt, Run, utcnow
+from ..store.sweeps import get_sweep
+from . import files as F
+
+LOG_TAIL_LINES = 12
+
+
+class RunStatus(NamedTuple):
+    """One run's state and progress (a NamedTuple: immutable, and cheap for 10,000 runs)."""
+
+    run_id: str
+    budget: float
+    point: int
+    params: int
+    state: str
+    reason: Optional[str]
+    attempt: Optional[int]
+    job_id: Optional[str]
+    step_done: Optional[int]
+    steps: int
+    tokens_done: Optional[int]
+    tokens: int
+    tokens_per_s: Optional[float]
+    val_loss: Optional[float]
+    train_loss: Optional[float]
+    lr_scale: float = 1.0
+    log_tail: tuple = ()
+
+    @property
+    def progress(self) -> float:
+        if self.state in ("completed", "diverged"):
+            return 1.0
+        return min(1.0, (self.tokens_done or 0) / self.tokens) if self.tokens else 0.0
+
+    @property
+    def eta_s(self) -> Optional[float]:
+        if self.state != "running" or not self.tokens_per_s:
+            return None
+        return max(0.0, (self.tokens - (self.tokens_done or 0)) / self.tokens_per_s)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id, "budget": self.budget, "point": self.point, "params": self.params,
+            "state": self.state, "reason": self.reason, "attempt": self.attempt, "job_id": self.job_id,
+            "step": self.step_done, "steps": self.steps, "tokens_done": self.tokens_done, "tokens": self.tokens,
+            "progress": round(self.progress, 4), "tokens_per_s": self.tokens_per_s, "eta_s": self.eta_s,
+            "val_loss": self.val_loss, "train_loss": self.train_loss, "lr_scale": self.lr_scale,
+            **({"log_tail": list(self.log_tail)} if self.log_tail else {}),
+        }
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    budget: float
+    counts: dict[str, int]
+    runs: int
+    progress: float  # mean progress of its runs
+    eta_s: Optional[float]  # of its running runs, when nothing of it is waiting
+
+    def to_json(self) -> dict[str, Any]:
+        return {"budget": self.budget, "runs": self.runs, "counts": self.counts,
+                "progress": round(self.progress, 4), "eta_s": self.eta_s}
+
+
+@dataclass(frozen=True)
+class SweepStatus:
+    sweep: str
+    runs: tuple[RunStatus, ...]
+    budgets: tuple[BudgetStatus, ...]
+    counts: dict[str, int]
+    scheduler: str  # where alive-ness came from: squeue | squeue+sacct | local | none
+    changed: int  # runs whose state changed in this sync
+    warnings: tuple[str, ...] = ()
+    synced_at: float = field(default_factory=time.time)
+
+    @property
+    def active(self) -> int:
+        return sum(self.counts.get(s, 0) for s in ACTIVE_STATES)
+
+    @property
+    def finished(self) -> bool:
+        return self.active == 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sweep": self.sweep, "scheduler": self.scheduler, "counts": self.counts, "active": self.active,
+            "budgets": [b.to_json() for b in self.budgets], "runs": [r.to_json() for r in self.runs],
+            "warnings": list(self.warnings),
+        }
+
+
+# ------------------------------------------------------------------ syncing
+
+
+def _try_submit_lock(workdir: str):
+    """The submit lock, if free (a submit in progress owns its `submitting` attempts)."""
+    from .submit import try_lock
+
+    return try_lock(workdir)
+
+
+def _scheduler_view(workdir: str, rows: list[Any], warnings: list[str]) -> tuple[dict[str, Any], set[str], str]:
+    """{job_id: (phase, STATE, node, exit_code)} for the active attempts' jobs; executors that
+    could not be asked (their attempts are left alone); a word naming the source."""
+    by_exec: dict[str, list[str]] = {}
+    for r in rows:
+        if r.job_id:
+            by_exec.setdefault(r.executor, []).append(r.job_id)
+    view: dict[str, Any] = {}
+    failed: set[str] = set()
+    sources = []
+    if by_exec.get("slurm"):
+        from . import slurm
+
+        try:
+            infos, src = slurm.job_states(by_exec["slurm"])
+            sources.append(src)
+            for jid, i in infos.items():
+                view[jid] = (i.phase, i.state, i.node, i.exit_code)
+        except slurm.SchedulerError as e:
+            failed.add("slurm")
+            warnings.append(f"scheduler not asked: {e}")
+    if by_exec.get("local"):
+        from . import local
+
+        sources.append("local")
+        for jid, d in local.job_states(workdir, by_exec["local"]).items():
+            view[jid] = (d["phase"], d["state"], d.get("node", ""), d.get("exit_code"))
+    return view, failed, "+".join(dict.fromkeys(sources)) or "none"
+
+
+def _log_tail(rdir: Path, attempt: int, workdir_runs: Path, token: Optional[str], job_id: Optional[str]) -> str:
+    lines = F.tail(F.log_path(rdir, attempt), LOG_TAIL_LINES)
+    if not lines and token and job_id:  # the job itself failed (e.g. could not start python)
+        for p in sorted((workdir_runs / ".submitit" / token).glob(f"{job_id}_*_log.*")):
+            lines += F.tail(p, LOG_TAIL_LINES // 2)
+    return "\n".join(lines)
+
+
+def reconcile_intents(session: Session, sweep: Any, rows: list[Any], *, min_age_s: float = 5.0) -> list[str]:
+    """Attempts recorded as `submitting` whose submit died: adopt the job the scheduler has under
+    the submission's name, or mark the intent abandoned. The caller holds the submit lock."""
+    notes: list[str] = []
+    now = utcnow()
+    intents = [r for r in rows if r.state == "submitting" and not r.job_id
+               and (now - r.submitted_at).total_seconds() >= min_age_s]
+    if not intents:
+        return notes
+    from .submit import job_name
+
+    by_token: dict[str, list[Any]] = {}
+    for r in intents:
+        by_token.setdefault(r.token or "", []).append(r)
+    slurm_tokens = [t for t, rs in by_token.items() if t and rs[0].executor == "slurm"]
+    found: dict[str, list[str]] = {}
+    if slurm_tokens:
+        from . import slurm
+
+        names = {job_name(sweep.name, t): t for t in slurm_tokens}
+        for jid, info in slurm.find_by_name(names).items():
+            found.setdefault(names[info.name], []).append(jid)
+    for token, rs in by_token.items():
+        executor = rs[0].executor
+        for r in rs:
+            jid = None
+            if executor == "slurm":
+                ids = found.get(token, [])
+                # an array: <id>_<task>; a submission of one job is a plain <id>
+                cand = [j for j in ids if j.endswith(f"_{r.task}")] or ([j for j in ids if "_" not in j] if r.task == 0 else [])
+                jid = cand[0] if cand else None
+            elif executor == "local":
+                from . import local
+
+                lj = f"{token}_{r.task}"
+                jid = lj if local.job_exists(sweep.workdir, lj) else None
+            if jid:
+                session.execute(update(Attempt).where(Attempt.id == r.attempt_pk).values(job_id=jid, state="queued"))
+                session.execute(update(Run).where(Run.id == r.run_pk).values(state="queued", updated_at=now))
+                notes.append(f"adopted job {jid} for run {r.run_id} (its submit was interrupted after sbatch)")
+            else:
+                session.execute(update(Attempt).where(Attempt.id == r.attempt_pk).values(
+                    state="abandoned", ended_at=now,
+                    reason="submit interrupted before the job was created; nothing in the scheduler"))
+                session.execute(update(Run).where(Run.id == r.run_pk).values(state="planned", updated_at=now))
+                notes.append(f"abandoned the interrupted submission of run {r.run_id} (no job was created)")
+    return notes
+
+
+def _active_rows(session: Session, sweep_id: int) -> list[Any]:
+    return list(session.execute(
+        select(
+            Attempt.id.label("attempt_pk"), Attempt.run_pk, Attempt.number, Attempt.executor, Attempt.job_id,
+            Attempt.state, Attempt.token, Attempt.task, Attempt.submitted_at, Attempt.started_at,
+            Run.run_id, Run.metrics_offset, Run.state.label("run_state"), Run.step_done,
+        ).join(Run, Run.id == Attempt.run_pk).where(Run.sweep_id == sweep_id, Attempt.state.in_(ACTIVE_STATES))
+    ))
+
+
+def _parse_time(s: Any) -> Optional[datetime]:
+    if not s:
+        return None
+    try:
+        return datetime.strptime(str(s)[:19], "%Y-%m-%dT%H:%M:%S")
+    except ValueError:
+        return None
+
+
+def sync_active(engine: Engine, sweep_name: str, *, have_lock: bool = False) -> tuple[int, str, list[str]]:
+    """Sync the active attempts of a sweep. Returns (runs changed, scheduler source, warnings)."""
+    warnings: list[str] = []
+    with Session(engine) as s, s.begin():
+        sw = get_sweep(s, sweep_name)
+        rows = _active_rows(s, sw.id)
+        if not rows:
+            return 0, "none", warnings
+        if any(r.state == "submitting" and not r.job_id for r in rows):
+            lock = None if have_lock else _try_submit_lock(sw.workdir)
+            if have_lock or lock is not None:
+                try:
+                    warnings += reconcile_intents(s, sw, rows)
+                finally:
+                    if lock is not None:
+                        lock.close()
+                s.flush()
+                rows = _active_rows(s, sw.id)
+        workdir, runs_root = sw.workdir, F.runs_root(sw.workdir, sw.name)
+        view, unreachable, source = _scheduler_view(workdir, rows, warnings)
+        now = utcnow()
+        run_upd: dict[int, dict[str, Any]] = {}
+        att_upd: dict[int, dict[str, Any]] = {}
+        changed = 0
+        for r in rows:
+            if not r.job_id:
+                continue  # an intent of a submit in progress
+            rdir = runs_root / r.run_id
+            upd = ingest_metrics(s, r.run_pk, rdir, r.metrics_offset or 0)
+            result = read_result(rdir, r.run_id)
+            status = F.read_json(F.status_path(rdir, r.number)) or {}
+            st = status.get("state")
+            info = view.get(r.job_id)
+            a: dict[str, Any] = {}
+            if status.get("node"):
+                a["node"] = status["node"]
+            if status.get("started_at") and not r.started_at:
+                a["started_at"] = _parse_time(status["started_at"])
+            new_state = None
+            reason = None
+            final = False
+            if result is not None:
+                upd.update(result_updates(result))
+                if is_diverged(result):
+                    new_state, final = "diverged", True
+                    reason = f"diverged at step {result.get('diverged_step')}"
+                else:
+                    new_state, final = "completed", True
+            elif st in ("failed", "cancelled"):
+                new_state, final, reason = st, True, status.get("reason") or st
+                if status.get("exit_code") is not None:
+                    a["exit_code"] = str(status["exit_code"])
+            elif r.executor in unreachable:
+                pass  # the scheduler did not answer: change nothing
+            elif info is not None and info[0] == "pending":
+                new_state = "queued"
+            elif info is not None and info[0] == "running":
+                new_state = "running" if st == "running" else "queued"
+            else:  # the job ended, or the scheduler has forgotten it, without a result for this run
+                sched_state = info[1] if info else ""
+                final = True
+                step = upd.get("step_done", r.step_done)
+                at = f"; last step {step}" if step is not None else "; no step logged"
+                if sched_state.startswith("CANCELLED") or st == "cancelled":
+                    new_state, reason = "cancelled", f"job {r.job_id} was cancelled ({sched_state or 'scancel'}){at}"
+                else:
+                    what = f"ended ({sched_state})" if sched_state else "left the scheduler"
+                    extra = f": {status['reason']}" if status.get("reason") else ""
+                    new_state, reason = "lost", f"job {r.job_id} {what} without a result{extra}{at}"
+                if info and info[3] not in (None, ""):
+                    a["exit_code"] = str(info[3])
+            if new_state is None:
+                if upd:
+                    run_upd.setdefault(r.run_pk, {}).update(upd, updated_at=now)
+                continue
+            if final:
+                a.update(state=new_state, reason=reason, ended_at=_parse_time(status.get("ended_at")) or now)
+                if new_state in ("failed", "lost", "cancelled"):
+                    tail = _log_tail(rdir, r.number, runs_root, r.token, r.job_id)
+                    if tail:
+                        a["stderr"] = tail
+            else:
+                a["state"] = new_state
+            if new_state != r.run_state:
+                changed += 1
+            upd.update(state=new_state, reason=reason, updated_at=now)
+            run_upd.setdefault(r.run_pk, {}).update(upd)
+            att_upd[r.attempt_pk] = a
+        _bulk_update(s, Run, run_upd)
+        _bulk_update(s, Attempt, att_upd)
+    return changed, source, warnings
+
+
+def _bulk_update(s: Session, table: Any, rows: dict[int, dict[str, Any]]) -> None:
+    # group by the set of columns so each executemany is homogeneous
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for pk, vals in rows.items():
+        if vals:
+            groups.setdefault(tuple(sorted(vals)), []).append({"id": pk, **vals})
+    for batch in groups.values():
+        s.execute(update(table), batch)
+
+
+def read_status(engine: Engine, sweep_name: str, *, scheduler: str = "none", changed: int = 0,
+                warnings: tuple[str, ...] = ()) -> SweepStatus:
+    """The sweep's status from the store alone (no scheduler, no files)."""
+    with Session(engine) as s:
+        sw = get_sweep(s, sweep_name)
+        last = (select(Attempt.run_pk, func.max(Attempt.number).label("n"))
+                .join(Run, Run.id == Attempt.run_pk).where(Run.sweep_id == sw.id)
+                .group_by(Attempt.run_pk).subquery())
+        att = (select(Attempt.run_pk, Attempt.number, Attempt.job_id, Attempt.stderr)
+               .join(last, (last.c.run_pk == Attempt.run_pk) & (last.c.n == Attempt.number)))
+        attempts = {a.run_pk: a for a in s.execute(att)}
+        rows = s.execute(
+            select(Run.id, Run.run_id, Run.budget, Run.point, Run.params, Run.state, Run.reason, Run.step_done,
+                   Run.steps, Run.tokens_done, Run.tokens, Run.tokens_per_s, Run.val_loss, Run.train_loss,
+                   Run.lr_scale)
+            .where(Run.sweep_id == sw.id, Run.state != "superseded")
+            .order_by(Run.budget, Run.point, Run.lr_mult, Run.batch_mult, Run.seed)
+        ).all()
+    runs = []
+    for r in rows:
+        a = attempts.get(r.id)
+        tail: tuple[str, ...] = ()
+        if a is not None and a.stderr and r.state in ("failed", "lost"):
+            tail = tuple(a.stderr.splitlines()[-LOG_TAIL_LINES:])
+        runs.append(RunStatus(
+            run_id=r.run_id, budget=r.budget, point=r.point, params=r.params, state=r.state, reason=r.reason,
+            attempt=a.number if a else None, job_id=a.job_id if a else None, step_done=r.step_done,
+            steps=r.steps, tokens_done=r.tokens_done, tokens=r.tokens, tokens_per_s=r.tokens_per_s,
+            val_loss=r.val_loss, train_loss=r.train_loss, lr_scale=r.lr_scale or 1.0, log_tail=tail,
+        ))
+    counts: dict[str, int] = {}
+    by_budget: dict[float, list[RunStatus]] = {}
+    for r in runs:
+        counts[r.state] = counts.get(r.state, 0) + 1
+        by_budget.setdefault(r.budget, []).append(r)
+    budgets = []
+    for b, rs in by_budget.items():
+        c: dict[str, int] = {}
+        for r in rs:
+            c[r.state] = c.get(r.state, 0) + 1
+        waiting = any(r.state in ("planned", "submitting", "queued") for r in rs)
+        etas = [r.eta_s for r in rs if r.eta_s is not None]
+        budgets.append(BudgetStatus(
+            budget=b, counts=c, runs=len(rs), progress=sum(r.progress for r in rs) / len(rs),
+            eta_s=max(etas) if etas and not waiting else None,
+        ))
+    return SweepStatus(sweep=sweep_name, runs=tuple(runs), budgets=tuple(budgets), counts=counts,
+                       scheduler=scheduler, changed=changed, warnings=tuple(warnings))
+
+
+def sync_sweep(engine: Engine, sweep_name: str, *, have_lock: bool = False) -> SweepStatus:
+    """Sync scheduler state and run files into the store, then return the sweep's status."""
+    changed, source, warnings = sync_active(engine, sweep_name, have_lock=have_lock)
+    return read_status(engine, sweep_name, scheduler=source, changed=changed, warnings=tuple(warnings))

@@ -1,0 +1,189 @@
+"""Dispatch against a real local Slurm cluster (tests/slurm_cluster.sh: FAKE_GPUS=2, sacct shim).
+
+Tiny runs of the built-in trainer; each test uses fresh folders (tmp_path): job ids restart after
+a purge and a reused submitit folder would pick up stale results.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from isoflop.store.models import Attempt, Metric, Run
+
+from .conftest import run_isoflop
+
+pytestmark = pytest.mark.slurm
+
+PROFILE = """\
+executor: slurm
+partition: debug
+gpus_per_run: {gpus}
+cpus_per_task: 1
+mem_gb: 1
+max_time_minutes: {max_time}
+min_time_minutes: {min_time}
+array_parallelism: 2
+pack_target_minutes: {pack}
+max_attempts: 3
+peak_flops: 2.0e10
+mfu: 0.3
+run_overhead_s: 4
+signal_delay_s: {signal}
+setup: ["echo ISOFLOP_GPU=${{CUDA_VISIBLE_DEVICES:-none}}"]
+"""
+
+
+def profile(tmp_path: Path, gpus: int = 0, pack: float = 0.5, max_time: int = 30, min_time: int = 2,
+            signal: int = 60) -> str:
+    p = tmp_path / "test-slurm.yaml"
+    p.write_text(PROFILE.format(gpus=gpus, pack=pack, max_time=max_time, min_time=min_time, signal=signal))
+    return str(p)
+
+
+def status(workdir: Path, name: str = "tiny", **env: str) -> dict:
+    return json.loads(run_isoflop("status", name, "--json", workdir=workdir, **env).stdout)
+
+
+def wait_until(workdir: Path, pred, timeout: float, name: str = "tiny", poll: float = 1.0, **env: str) -> dict:
+    t0 = time.time()
+    while True:
+        st = status(workdir, name, **env)
+        if pred(st):
+            return st
+        if time.time() - t0 > timeout:
+            raise AssertionError(f"timed out after {timeout:.0f} s; last status: {json.dumps(st)[:2000]}")
+        time.sleep(poll)
+
+
+def jobs_named(prefix: str) -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%j"], capture_output=True, text=True).stdout
+    return [ln.split("|")[0] for ln in out.splitlines() if ln.split("|")[1].startswith(prefix)]
+
+
+def scancel_named(prefix: str) -> None:
+    ids = sorted({j.split("_")[0] for j in jobs_named(prefix)})
+    if ids:
+        subprocess.run(["scancel", *ids], capture_output=True)
+
+
+def test_arrays_packing_gpus_complete(slurm_cluster, planned_sweep, tmp_path):
+    engine, workdir = planned_sweep(budgets="[3.0e10]", points=3)
+    prof = profile(tmp_path, gpus=1)
+    dry = run_isoflop("submit", "tiny", "--profile", prof, "--dry-run", workdir=workdir).stdout
+    assert "#SBATCH --array=0-1%2" in dry and "--gpus-per-node=1" in dry and "dry run" in dry
+    with Session(engine) as s:
+        assert s.scalar(select(func.count()).select_from(Attempt)) == 0  # the dry run stored nothing
+    t0 = time.time()
+    out = run_isoflop("submit", "tiny", "--profile", prof, workdir=workdir).stdout
+    assert "submitted 3 run(s)" in out and time.time() - t0 < 30  # non-blocking
+    st = wait_until(workdir, lambda s: s["active"] == 0, timeout=150)
+    assert st["counts"] == {"completed": 3}, st
+    with Session(engine) as s:
+        jobs = [j for (j,) in s.execute(select(Attempt.job_id))]
+        assert len(jobs) == 3 and len(set(jobs)) == 2  # one packed job of two runs, one of one
+        assert all("_" in j for j in jobs)  # array tasks
+        assert s.scalar(select(func.count()).where(Run.val_loss.is_(None))) == 0
+        assert s.scalar(select(func.count()).select_from(Metric)) > 10
+    # the GPU request reached sbatch: Slurm set CUDA_VISIBLE_DEVICES in every job
+    logs = list((workdir / "runs" / "tiny" / ".submitit").glob("*/*_log.out"))
+    seen = {ln.strip() for p in logs for ln in p.read_text().splitlines() if ln.startswith("ISOFLOP_GPU=")}
+    assert seen and seen <= {"ISOFLOP_GPU=0", "ISOFLOP_GPU=1"}, seen
+    # nothing left to submit
+    assert "nothing to submit" in run_isoflop("submit", "tiny", "--profile", prof, workdir=workdir).stdout
+
+
+def test_scancel_then_retry_squeue_only(slurm_cluster, planned_sweep, tmp_path):
+    """Without sacct (forced): a scancelled job's run is cancelled/lost with its last step; retry resumes it."""
+    engine, workdir = planned_sweep(budgets="[1.0e11]", points=1)
+    prof = profile(tmp_path)
+    env = {"ISOFLOP_SLURM_SACCT": "0"}
+    run_isoflop("submit", "tiny", "--profile", prof, workdir=workdir, **env)
+    st = wait_until(workdir, lambda s: s["runs"][0]["state"] == "running" and (s["runs"][0]["step"] or 0) >= 20,
+                    timeout=90, poll=0.5, **env)
+    job = st["runs"][0]["job_id"]
+    subprocess.run(["scancel", job], check=True)
+    st = wait_until(workdir, lambda s: s["active"] == 0, timeout=60, **env)
+    run = st["runs"][0]
+    assert st["scheduler"] == "squeue"
+    assert run["state"] in ("cancelled", "lost") and "step" in run["reason"], run
+    run_isoflop("retry", "tiny", "--cancelled", "--lost", "--profile", prof, workdir=workdir, **env)
+    st = wait_until(workdir, lambda s: s["active"] == 0, timeout=120, **env)
+    assert st["runs"][0]["state"] == "completed" and st["runs"][0]["attempt"] == 2, st
+    result = json.loads((workdir / "runs" / "tiny" / run["run_id"] / "result.json").read_text())
+    assert result["resumed_from_step"], result  # the SIGTERM checkpoint was used
+
+
+def test_requeue_resumes_to_same_loss(slurm_cluster, planned_sweep, tmp_path):
+    engine, workdir = planned_sweep(budgets="[1.0e11]", points=1)
+    prof = profile(tmp_path)
+    run_isoflop("submit", "tiny", "--profile", prof, workdir=workdir)
+    with Session(engine) as s:
+        run_id = s.scalar(select(Run.run_id))
+    rdir = workdir / "runs" / "tiny" / run_id
+    # the same run uninterrupted, in another folder, meanwhile
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    (ref / "run.json").write_text((rdir / "run.json").read_text())
+    ref_p = subprocess.Popen([sys.executable, "-m", "isoflop.train", str(ref)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    st = wait_until(workdir, lambda s: s["runs"][0]["state"] == "running" and (s["runs"][0]["step"] or 0) >= 20,
+                    timeout=90, poll=0.5)
+    subprocess.run(["scontrol", "requeue", st["runs"][0]["job_id"]], check=True)
+    st = wait_until(workdir, lambda s: s["active"] == 0, timeout=180, poll=2)
+    assert ref_p.wait(timeout=120) == 0
+    assert st["runs"][0]["state"] == "completed", st
+    result = json.loads((rdir / "result.json").read_text())
+    expected = json.loads((ref / "result.json").read_text())
+    assert result["resumed_from_step"], result
+    assert result["val_loss"] == pytest.approx(expected["val_loss"], rel=1e-6, abs=1e-6)
+    with Session(engine) as s:
+        assert s.scalar(select(func.count()).select_from(Attempt)) == 1  # a requeue is not a new attempt
+
+
+@pytest.mark.parametrize("point", ["intent", "sbatch"])
+def test_killed_submit_makes_no_duplicate_jobs(slurm_cluster, planned_sweep, tmp_path, point):
+    engine, workdir = planned_sweep(name=f"kill-{point}", budgets="[3.0e10]", points=3)
+    name = f"kill-{point}"
+    prof = profile(tmp_path, pack=0)  # one job per run
+    try:
+        p = run_isoflop("submit", name, "--profile", prof, workdir=workdir, check=False,
+                        ISOFLOP_TEST_DIE_AFTER=point)
+        assert p.returncode == -9, p.stderr
+        with Session(engine) as s:
+            assert {st for (st,) in s.execute(select(Attempt.state))} == {"submitting"}
+        before = jobs_named(f"isoflop-{name}-")
+        assert len(before) == (3 if point == "sbatch" else 0)
+        out = run_isoflop("submit", name, "--profile", prof, workdir=workdir).stdout
+        after = jobs_named(f"isoflop-{name}-")
+        assert len(after) == 3, (before, after, out)  # exactly one job per run
+        with Session(engine) as s:
+            states = sorted(st for (st,) in s.execute(select(Attempt.state)))
+            live = [j for (j,) in s.execute(select(Attempt.job_id).where(Attempt.job_id.is_not(None)))]
+        if point == "sbatch":
+            assert "nothing to submit" in out and sorted(live) == sorted(before)  # adopted
+            assert all(st in ("queued", "running", "completed") for st in states)
+        else:
+            assert states.count("abandoned") == 3 and len(live) == 3
+    finally:
+        scancel_named(f"isoflop-{name}-")
+
+
+@pytest.mark.slow
+def test_time_limit_requeues_and_resumes(slurm_cluster, planned_sweep, tmp_path):
+    """A run longer than its job's time limit: USR2 -> checkpoint -> requeue -> resume -> completed."""
+    engine, workdir = planned_sweep(budgets="[1.0e12]", points=1)
+    prof = profile(tmp_path, max_time=1, min_time=1, signal=30, pack=0)
+    run_isoflop("submit", "tiny", "--profile", prof, workdir=workdir)
+    st = wait_until(workdir, lambda s: s["active"] == 0, timeout=330, poll=3)
+    assert st["runs"][0]["state"] == "completed", st
+    rdir = workdir / "runs" / "tiny" / st["runs"][0]["run_id"]
+    result = json.loads((rdir / "result.json").read_text())
+    assert result["resumed_from_step"], result
