@@ -559,6 +559,72 @@ def fit(
         console.print(f"wrote {w}")
 
 
+# ---------------------------------------------------------------- demo
+
+
+@app.command()
+@friendly
+def demo(
+    quick: bool = typer.Option(False, "--quick", help="three smaller budgets (under 5 minutes on 2 cores)"),
+    workdir: Optional[Path] = typer.Option(None, "--workdir", help="where the demo's store, runs and plots go [./isoflop-demo]"),
+    workers: int = typer.Option(0, "--workers", help="runs at once (0: one per CPU core)"),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="resamples for the frontier's intervals"),
+) -> None:
+    """The embedded default end to end: plan, run locally, fit, plot (a byte-level GPT on Python's stdlib)."""
+    import os
+    import time
+
+    from . import TEMPLATES
+    from .dispatch.profiles import load_profile
+    from .dispatch.submit import submit_sweep
+    from .plan.grid import plan as plan_runs
+    from .spec import load_spec
+    from .store.engine import db_url, open_engine
+    from .store.sweeps import save_plan
+
+    t0 = time.time()
+    wd = (workdir or Path(OPTS.workdir or "isoflop-demo")).resolve()
+    spec = load_spec(TEMPLATES / ("cpu-demo-quick.yaml" if quick else "cpu-demo.yaml"))
+    engine = open_engine(db_url(OPTS.db, wd), create=True)
+    # --force: a demo spec changed by an upgrade replans, keeping every finished run it still has
+    res = save_plan(engine, spec, plan_runs(spec), wd, force=True)
+    # one thread per run and one run per core: tiny models are bound by per-step overhead, which
+    # threads do not shorten, so parallel runs finish the sweep sooner than parallel threads
+    n_workers = workers or max(1, (os.cpu_count() or 1) // max(1, spec.trainer.threads or 1))
+    prof = load_profile("local").model_copy(update={"workers": n_workers})
+    console.print(
+        f"[bold]isoflop demo[/]: sweep {spec.name!r}, {len(spec.budget_values())} budgets x {spec.grid.points} sizes, "
+        f"{n_workers} worker(s), workdir {wd}" + ("" if res.created else f" ({res.kept} run(s) already planned)")
+    )
+    sub = _dispatch_call(submit_sweep, engine, spec.name, prof)
+    if sub.runs:
+        console.print(f"running {len(sub.runs)} run(s) on this machine")
+    else:
+        console.print("every run is finished or running already: reusing them")
+    st = _watch(engine, spec.name, 2.0)
+    if not st.finished:
+        fail(f"stopped watching; the runs go on in the background: `isoflop --workdir {wd} status {spec.name} --watch`", 130)
+    from sqlalchemy.orm import Session
+
+    from .fit import FitTable, fit_sweep
+    from .fit.plots import save_plots
+    from .fit.render import render_report
+    from .store.results import fit_curves, fit_rows
+    from .store.sweeps import get_sweep
+
+    with Session(engine) as s:
+        sw = get_sweep(s, spec.name)
+        rows, curves = fit_rows(s, sw), fit_curves(s, sw)
+    bad = [r for r in rows if r["state"] != "completed"]
+    if bad:
+        console.print(f"[yellow]{len(bad)} run(s) did not complete[/]; the fit leaves them out (see `isoflop status`)")
+    report = fit_sweep(FitTable.from_rows(rows), bootstrap=bootstrap, curves=curves or None)
+    render_report(report, console)
+    for w in save_plots(report, wd / f"{spec.name}.png"):
+        console.print(f"wrote {w}")
+    console.print(f"demo finished in {time.time() - t0:.0f} s; run it again to refit (finished runs are reused)")
+
+
 def run() -> None:  # pragma: no cover - console entry for `python -m isoflop`
     app()
 

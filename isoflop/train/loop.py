@@ -97,6 +97,10 @@ def fingerprint(cfg: RunConfig) -> str:
 
 
 def pick_device(cfg: RunConfig) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("run.json asks for device 'cuda' but torch sees no CUDA device here")
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', not {cfg.device!r}")
     if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
