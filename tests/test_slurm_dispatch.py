@@ -6,7 +6,6 @@ a purge and a reused submitit folder would pick up stale results.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time

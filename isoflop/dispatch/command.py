@@ -31,7 +31,6 @@ Template keys (all but ``command`` optional):
 """
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
@@ -40,9 +39,11 @@ import shlex
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
+
+from .. import atomic
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates" / "commands"
 
@@ -470,25 +471,10 @@ def _finite_or_none(v: Optional[float]) -> Optional[float]:
     return v if v is not None and math.isfinite(v) else None
 
 
-_TMP_COUNTER = itertools.count()
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write-to-temp, fsync, rename: a reader sees the whole file or none."""
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}.{next(_TMP_COUNTER)}")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(obj, indent=2, allow_nan=False, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    atomic.write_json_atomic(path, obj)
 
 
 def _log_lines(log_path: Path) -> Iterator[str]:

@@ -13,7 +13,6 @@ queue is empty. One pool per workdir (an flock), whatever the number of submits.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import signal
 import subprocess

@@ -152,10 +152,12 @@ def pack(estimates: dict[str, float], profile: Profile) -> list[JobPlan]:
     share jobs of about `pack_target_minutes`, balanced longest-first, and never fewer jobs than
     there are slots (array parallelism), so packing never serialises work that could run at once."""
     target = profile.pack_target_minutes * 60
+    # longest first: with more runs than slots, starting the long ones early shortens the makespan
+    order = sorted(estimates, key=lambda r: -estimates[r])
     if target <= 0:
-        groups = [[rid] for rid in estimates]
+        groups = [[rid] for rid in order]
     else:
-        long = [rid for rid, s in estimates.items() if s >= target / 2]
+        long = [rid for rid in order if estimates[rid] >= target / 2]
         short = sorted((rid for rid, s in estimates.items() if s < target / 2), key=lambda r: -estimates[r])
         groups = [[rid] for rid in long]
         if short:

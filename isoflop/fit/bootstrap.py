@@ -30,7 +30,7 @@ from typing import Sequence
 import numpy as np
 
 from .frontier import batched_line_fit
-from .isoflop import AKIMA_GRID, NOT_CONVEX, TOO_FEW_POINTS, VERTEX_OUT_OF_RANGE
+from .isoflop import NOT_CONVEX, TOO_FEW_POINTS, VERTEX_OUT_OF_RANGE
 
 AKIMA_BOOT_GRID = 2_001
 

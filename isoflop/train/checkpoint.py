@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from isoflop.atomic import fsync_dir
+
 CHECKPOINT_NAME = "checkpoint.pt"
 SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGUSR1", "SIGUSR2", "SIGTERM")) if s is not None)
 
@@ -73,19 +75,6 @@ def uninstall_signal_handlers() -> None:
 
 
 # ---- files -------------------------------------------------------------------------------------
-def fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def rng_state() -> dict[str, Any]:
     st: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():

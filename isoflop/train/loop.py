@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from isoflop import atomic
 from isoflop.plan import flops as plan_flops
 from isoflop.train import checkpoint as ckpt
 from isoflop.train import data as data_mod
@@ -79,13 +80,7 @@ def _clean(x: Any) -> Any:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    ckpt.fsync_dir(path.parent)
+    atomic.write_json_atomic(path, _clean(obj))
 
 
 def fingerprint(cfg: RunConfig) -> str:
