@@ -157,7 +157,11 @@ def test_local_killed_submit_is_settled(planned_sweep, tmp_path, point):
     assert len(states) - states.count("abandoned") == 3
     assert states.count("abandoned") == (3 if point == "intent" else 0)
     run_isoflop("cancel", "tiny", workdir=workdir)
-    assert status(workdir)["counts"] == {"cancelled": 3}
+    # after `sbatch` the jobs were already queued in the pool, so tiny runs may finish before the cancel
+    counts = status(workdir)["counts"]
+    assert set(counts) <= {"cancelled", "completed"} and sum(counts.values()) == 3, counts
+    if point == "intent":
+        assert counts == {"cancelled": 3}
 
 
 def test_cancel_then_retry_local(planned_sweep, tmp_path):

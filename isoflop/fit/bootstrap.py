@@ -6,6 +6,15 @@ main fit did: the window around the lowest resampled loss, the parabola (or
 the Akima minimum), and then the frontier power laws through the resampled
 optima.
 
+D_opt per resample comes from the budget's tokens relation ln D = u + v·ln N
+(see `isoflop.py`), fitted once on the full data: a run's D is a
+deterministic function of its N under the sweep's FLOP convention, not a
+noisy measurement, so resampling it would only add the error of the
+relation's fit. ln D_opt = u + v·ln N_opt of each resample; the tokens
+frontier (exponent b, coefficient) is refitted per resample from these, like
+the params frontier. On 6ND data v = −1, u = ln(C/6), and b = 1 − a in every
+resample.
+
 Vectorised: a resample is a vector of counts per run, so a weighted parabola
 is a 3×3 system built from count-weighted moments Σw·u^k (k ≤ 4), Σw·u^k·y;
 all resamples of one budget are solved at once (`np.linalg.solve` on a
@@ -37,7 +46,7 @@ AKIMA_BOOT_GRID = 2_001
 
 @dataclass(frozen=True, eq=False)
 class BootstrapVertices:
-    """Per resample (rows) and budget (columns): ln N_opt and L_opt; `valid` marks usable ones."""
+    """Per resample (rows) and budget (columns): ln N_opt, ln D_opt and L_opt; `valid` marks usable ones."""
 
     budgets: np.ndarray          # (G,)
     log_n: np.ndarray            # (R, G)
@@ -46,6 +55,16 @@ class BootstrapVertices:
     degenerate: tuple[dict[str, int], ...]   # per budget: reason -> count of resamples
     n_resamples: int
     seed: int
+    log_d: np.ndarray = None     # (R, G): u + v·ln N_opt of the budget's tokens relation  # type: ignore[assignment]
+    tokens_relations: np.ndarray = None   # (G, 2): (u, v) per budget  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.tokens_relations is None:   # D = C/(6N)
+            rel = np.stack([np.log(np.asarray(self.budgets, float) / 6.0), -np.ones(len(self.budgets))], axis=1)
+            object.__setattr__(self, "tokens_relations", rel.reshape(-1, 2))
+        if self.log_d is None:
+            rel = self.tokens_relations
+            object.__setattr__(self, "log_d", rel[None, :, 0] + rel[None, :, 1] * self.log_n)
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,14 +77,8 @@ class FrontierSamples:
     icpt_l: np.ndarray
     ok: np.ndarray
     dropped: int
-
-    @property
-    def slope_d(self) -> np.ndarray:
-        return 1.0 - self.slope_n
-
-    @property
-    def icpt_d(self) -> np.ndarray:
-        return -math.log(6.0) - self.icpt_n
+    slope_d: np.ndarray      # tokens frontier ln D_opt = icpt_d + slope_d·ln C (b); 1 − slope_n on 6ND data
+    icpt_d: np.ndarray
 
 
 def _resample_counts(rng: np.random.Generator, n: int, r: int) -> np.ndarray:
@@ -162,8 +175,14 @@ def _akima_budget(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> tuple[np.
 
 def bootstrap_vertices(groups: Sequence[tuple[float, np.ndarray, np.ndarray]], *, window: int | None,
                        minimizer: str = "parabola", n_resamples: int = 1000, seed: int = 0,
-                       allow_out_of_range: bool = False) -> BootstrapVertices:
-    """Resampled optima of each budget. groups: (budget, params, loss) of usable runs."""
+                       allow_out_of_range: bool = False,
+                       tokens_relations: Sequence[tuple[float, float] | None] | None = None) -> BootstrapVertices:
+    """Resampled optima of each budget. groups: (budget, params, loss) of usable runs.
+
+    tokens_relations: per budget, (u, v) of ln D = u + v·ln N fitted on the
+    full data (`isoflop.tokens_relation`, `IsoflopFit.tokens_relation`);
+    None (or a None entry): D = C/(6N).
+    """
     rng = np.random.default_rng(seed)
     r = int(n_resamples)
     g = len(groups)
@@ -183,8 +202,15 @@ def bootstrap_vertices(groups: Sequence[tuple[float, np.ndarray, np.ndarray]], *
             xs, ls, ok, deg = _parabola_budget(x, y, counts, window, allow_out_of_range)
         log_n[:, k], loss[:, k], valid[:, k] = xs, ls, ok
         degenerate.append(deg)
-    return BootstrapVertices(budgets=np.array([c for c, _, _ in groups], dtype=float), log_n=log_n, loss=loss,
-                             valid=valid, degenerate=tuple(degenerate), n_resamples=r, seed=seed)
+    budgets = np.array([c for c, _, _ in groups], dtype=float)
+    rels = [None] * g if tokens_relations is None else list(tokens_relations)
+    if len(rels) != g:
+        raise ValueError(f"tokens_relations has {len(rels)} entries, groups has {g}")
+    rel = np.array([(math.log(c / 6.0), -1.0) if t is None else (float(t[0]), float(t[1]))
+                    for c, t in zip(budgets, rels)], dtype=float).reshape(g, 2)
+    log_d = rel[None, :, 0] + rel[None, :, 1] * log_n
+    return BootstrapVertices(budgets=budgets, log_n=log_n, loss=loss, valid=valid, degenerate=tuple(degenerate),
+                             n_resamples=r, seed=seed, log_d=log_d, tokens_relations=rel)
 
 
 def frontier_samples(bv: BootstrapVertices, columns: np.ndarray | None = None) -> FrontierSamples:
@@ -196,10 +222,11 @@ def frontier_samples(bv: BootstrapVertices, columns: np.ndarray | None = None) -
         log_l = np.log(np.where(mask, bv.loss[:, cols], 1.0))
     mask = mask & np.isfinite(log_l)
     slope_n, icpt_n = batched_line_fit(lc, np.where(mask, bv.log_n[:, cols], 0.0), mask)
+    slope_d, icpt_d = batched_line_fit(lc, np.where(mask, bv.log_d[:, cols], 0.0), mask)
     slope_l, icpt_l = batched_line_fit(lc, np.where(mask, log_l, 0.0), mask)
-    ok = np.isfinite(slope_n) & np.isfinite(slope_l)
+    ok = np.isfinite(slope_n) & np.isfinite(slope_d) & np.isfinite(slope_l)
     return FrontierSamples(slope_n=slope_n, icpt_n=icpt_n, slope_l=slope_l, icpt_l=icpt_l, ok=ok,
-                           dropped=int((~ok).sum()))
+                           dropped=int((~ok).sum()), slope_d=slope_d, icpt_d=icpt_d)
 
 
 def interval(samples: np.ndarray, lo: float = 5.0, hi: float = 95.0) -> tuple[float, float, float] | None:

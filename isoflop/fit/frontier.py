@@ -1,9 +1,14 @@
 """The compute-optimal frontier: power laws in C through the per-budget optima.
 
 Least squares on ln N_opt = a·ln C + ln k (and the same for D_opt with
-exponent b, and for L_opt). With D_opt = C/(6·N_opt) per budget, b = 1 − a
-exactly and the token law is C/(6·N law). Intervals come from the bootstrap
-(`bootstrap.py`); without it they are None.
+exponent b, and for L_opt). Each budget's D_opt is taken under the sweep's
+FLOP convention (its own tokens relation, see `isoflop.py`), so the tokens
+law is a separate power law: b = 1 − a and k_D = 1/(6·k) only on 6ND data;
+under `exact` or `6ND+attention` small models get fewer tokens than
+C/(6N) (the overhead is relatively largest for small models), so D_opt
+typically grows faster with C than C/(6·N_opt) and b > 1 − a.
+Predictions of D_opt at new budgets use this law. Intervals come from the
+bootstrap (`bootstrap.py`); without it they are None.
 """
 from __future__ import annotations
 

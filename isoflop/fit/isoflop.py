@@ -14,7 +14,16 @@ of the profile is found by
   loss of each sampled size (every size, no window), minimised on a grid of
   10,001 points over the sampled range.
 
-D_opt = C / (6·N_opt) in both cases.
+D_opt is taken under the sweep's FLOP convention, from the budget's own
+runs: each run carries its (N, D) pair, and within one budget ln D is a
+smooth, nearly linear function of ln N (D = C / flops_per_token(N)). The
+tokens relation ln D = u + v·ln N is fitted by least squares on every
+usable run of the budget (not only the window) and evaluated at the vertex:
+D_opt = exp(u + v·ln N_opt). On 6ND data (D = C/(6N)) v = −1 and
+u = ln(C/6), so D_opt = C/(6·N_opt) exactly; under `exact` or
+`6ND+attention` (attention and the output layer in the per-token count)
+small models get fewer tokens than C/(6N), and D_opt follows. Without
+tokens (`tokens=None`), D = C/(6N) is assumed.
 
 Flags (stable strings; a flagged budget is reported and, by default, left
 out of the frontier):
@@ -71,6 +80,8 @@ class IsoflopFit:
     x0: float                   # centring of ln N for the coefficients
     used_n_min: float = math.nan
     used_n_max: float = math.nan
+    #: (u, v) of the budget's tokens relation ln D = u + v·ln N (all usable runs); None without runs
+    tokens_relation: tuple[float, float] | None = None
 
     @property
     def has_vertex(self) -> bool:
@@ -79,6 +90,14 @@ class IsoflopFit:
     @property
     def curvature(self) -> float:
         return self.coefficients[0] if self.coefficients is not None else math.nan
+
+    def tokens_at(self, params: np.ndarray) -> np.ndarray:
+        """D under the budget's own tokens relation at N (C/(6N) when there is none)."""
+        n = np.asarray(params, dtype=float)
+        if self.tokens_relation is None:
+            return self.budget / (6.0 * n)
+        u, v = self.tokens_relation
+        return np.exp(u + v * np.log(n))
 
     def loss_at(self, params: np.ndarray) -> np.ndarray:
         """The fitted parabola at N (NaN for Akima fits or when there is none)."""
@@ -119,12 +138,46 @@ def edge_flags(log_n_opt: float, x_min: float, x_max: float, step: float, *, at_
     return in_range, flags
 
 
+def tokens_relation(params: np.ndarray, tokens: np.ndarray | None, budget: float) -> tuple[float, float]:
+    """(u, v) of ln D = u + v·ln N by least squares over one budget's runs.
+
+    tokens=None means D = C/(6N): (ln(C/6), −1) exactly. With fewer than 2
+    distinct sizes the slope cannot be fitted: v = −1 (the 6ND shape) and u
+    the mean of ln D + ln N.
+    """
+    if tokens is None:
+        return math.log(budget / 6.0), -1.0
+    x = np.log(np.asarray(params, dtype=float))
+    z = np.log(np.asarray(tokens, dtype=float))
+    if x.shape != z.shape:
+        raise ValueError(f"tokens has {z.shape[0]} rows, params has {x.shape[0]}")
+    if x.size == 0:
+        return math.log(budget / 6.0), -1.0
+    xm = float(x.mean())
+    sxx = float(((x - xm) ** 2).sum())
+    if len(np.unique(x)) < 2 or not sxx > 0:
+        return float(np.mean(z + x)), -1.0
+    v = float(((x - xm) * (z - z.mean())).sum() / sxx)
+    return float(z.mean() - v * xm), v
+
+
+def _d_at(relation: tuple[float, float], log_n: float) -> float:
+    u, v = relation
+    with np.errstate(over="ignore"):
+        return float(np.exp(u + v * log_n))
+
+
 def fit_budget(params: np.ndarray, loss: np.ndarray, budget: float, *, window: int | str | None = 5,
-               minimizer: str = "parabola") -> IsoflopFit:
-    """Fit one budget's profile from its usable runs (params N > 0, finite loss)."""
+               minimizer: str = "parabola", tokens: np.ndarray | None = None) -> IsoflopFit:
+    """Fit one budget's profile from its usable runs (params N > 0, finite loss).
+
+    tokens: each run's D (same length as params); D_opt comes from the
+    budget's tokens relation (see the module docstring). None: D = C/(6N).
+    """
     if minimizer not in MINIMIZERS:
         raise ValueError(f"minimizer must be one of {MINIMIZERS}, got {minimizer!r}")
     k = normalise_window(window)
+    rel = tokens_relation(params, tokens, budget)
     x_all = np.log(np.asarray(params, dtype=float))
     y_all = np.asarray(loss, dtype=float)
     order = np.argsort(x_all, kind="stable")
@@ -137,7 +190,8 @@ def fit_budget(params: np.ndarray, loss: np.ndarray, budget: float, *, window: i
     nan = math.nan
     base = dict(budget=float(budget), points=int(len(x_all)), sizes=n_sizes,
                 n_min=float(np.exp(ux[0])) if n_sizes else nan, n_max=float(np.exp(ux[-1])) if n_sizes else nan,
-                minimizer=minimizer, window=k if minimizer == "parabola" else None, grid_step=step)
+                minimizer=minimizer, window=k if minimizer == "parabola" else None, grid_step=step,
+                tokens_relation=rel if len(x_all) else None)
     if n_sizes < 3:
         return IsoflopFit(n_opt=nan, d_opt=nan, loss_opt=nan, points_used=int(len(x_all)), in_range=False,
                           flags=(TOO_FEW_POINTS,), coefficients=None, x0=nan, **base)
@@ -152,7 +206,7 @@ def fit_budget(params: np.ndarray, loss: np.ndarray, budget: float, *, window: i
         x_star, l_star = float(grid[j]), float(vals[j])
         in_range, flags = edge_flags(x_star, ux[0], ux[-1], step, at_edge=lowest_at_edge or j in (0, AKIMA_GRID - 1))
         n_opt = math.exp(x_star)
-        return IsoflopFit(n_opt=n_opt, d_opt=budget / (6.0 * n_opt), loss_opt=l_star, points_used=int(len(x_all)),
+        return IsoflopFit(n_opt=n_opt, d_opt=_d_at(rel, x_star), loss_opt=l_star, points_used=int(len(x_all)),
                           in_range=in_range, flags=tuple(flags), coefficients=None, x0=nan,
                           used_n_min=float(np.exp(ux[0])), used_n_max=float(np.exp(ux[-1])), **base)
 
@@ -173,7 +227,8 @@ def fit_budget(params: np.ndarray, loss: np.ndarray, budget: float, *, window: i
     l_star = c - b * b / (4 * a)
     in_range, flags = edge_flags(x_star, ux[0], ux[-1], step, at_edge=lowest_at_edge)
     n_opt = math.exp(x_star) if x_star < 700 else math.inf
-    return IsoflopFit(n_opt=n_opt, d_opt=budget / (6.0 * n_opt), loss_opt=l_star, in_range=in_range,
+    d_opt = _d_at(rel, x_star) if math.isfinite(n_opt) else 0.0
+    return IsoflopFit(n_opt=n_opt, d_opt=d_opt, loss_opt=l_star, in_range=in_range,
                       flags=tuple(flags), **common)
 
 
@@ -188,11 +243,13 @@ def group_by_budget(budget: np.ndarray) -> list[tuple[float, np.ndarray]]:
 
 
 def fit_isoflops(params: np.ndarray, loss: np.ndarray, budget: np.ndarray, *, window: int | str | None = 5,
-                 minimizer: str = "parabola") -> tuple[IsoflopFit, ...]:
-    """Fit every budget (arrays of usable runs only). Ascending budget order."""
+                 minimizer: str = "parabola", tokens: np.ndarray | None = None) -> tuple[IsoflopFit, ...]:
+    """Fit every budget (arrays of usable runs only). Ascending budget order. tokens: see fit_budget."""
     p = np.asarray(params, dtype=float)
     y = np.asarray(loss, dtype=float)
-    return tuple(fit_budget(p[idx], y[idx], c, window=window, minimizer=minimizer)
+    d = None if tokens is None else np.asarray(tokens, dtype=float)
+    return tuple(fit_budget(p[idx], y[idx], c, window=window, minimizer=minimizer,
+                            tokens=None if d is None else d[idx])
                  for c, idx in group_by_budget(budget))
 
 

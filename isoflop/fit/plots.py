@@ -3,7 +3,9 @@
 `save_plots(report, path)` writes `<stem>-isoflops.<ext>` (loss vs N per
 budget: points, fitted parabola, vertex; flagged budgets hollow and grey
 with their flags in the legend) and `<stem>-frontier.<ext>` (N_opt and D_opt
-vs C, log-log, with the 5–95% bootstrap band and the predictions). The
+vs C, log-log, with the 5–95% bootstrap band of each power law (D_opt's
+from the tokens law, under the sweep's FLOP convention) and the
+predictions; minor tick labels are hidden on log axes). The
 extension of `path` picks the format (.png, .svg, .pdf); returns the paths.
 """
 from __future__ import annotations
@@ -15,11 +17,26 @@ import numpy as np
 from .report import FitReport
 
 
+def _log_ticks(ax, null_formatter) -> None:
+    """No labels on minor ticks of both log axes (a span of few decades otherwise labels every
+    minor tick: "3×10^11 4×10^11 ...", overlapping). Where the view holds fewer than 2 powers of
+    ten, the major ticks are 1, 2, 5 × 10^k instead, so the axis still has labels."""
+    from matplotlib.ticker import LogFormatterSciNotation, LogLocator
+
+    for axis, lim in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+        lo, hi = sorted(lim)
+        if lo > 0 and np.floor(np.log10(hi)) - np.ceil(np.log10(lo)) < 1:
+            axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=12))
+            axis.set_major_formatter(LogFormatterSciNotation(labelOnlyBase=False, minor_thresholds=(np.inf, np.inf)))
+        axis.set_minor_formatter(null_formatter())
+
+
 def save_plots(report: FitReport, path: str | Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     p = Path(path)
     ext = p.suffix.lower() or ".png"
@@ -71,8 +88,8 @@ def save_plots(report: FitReport, path: str | Path) -> list[Path]:
             s = report.samples
             if s is not None and s.ok.any():
                 lg = np.log(grid)
-                ln = s.slope_n[s.ok, None] * lg[None, :] + s.icpt_n[s.ok, None]
-                vals = np.exp(ln) if key == "n_opt" else grid[None, :] / (6 * np.exp(ln))
+                slope, icpt = (s.slope_n, s.icpt_n) if key == "n_opt" else (s.slope_d, s.icpt_d)
+                vals = np.exp(slope[s.ok, None] * lg[None, :] + icpt[s.ok, None])
                 lo, hi = np.percentile(vals, [5, 95], axis=0)
                 ax.fill_between(grid, lo, hi, color="C1", alpha=0.2, label="5–95% bootstrap")
             for pr in report.predictions:
@@ -82,6 +99,7 @@ def save_plots(report: FitReport, path: str | Path) -> list[Path]:
                 ax.errorbar([pr.budget], [v], yerr=yerr, fmt="D", color="C3", ms=5)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        _log_ticks(ax, NullFormatter)
         ax.set_xlabel("compute C (FLOPs)")
         ax.set_ylabel(name)
         ax.legend(fontsize=7)

@@ -23,6 +23,14 @@ def _ci(ci: Any, digits: int = 3) -> str:
     return "—" if ci is None else f"{_g(ci[0], digits)} – {_g(ci[1], digits)}"
 
 
+def _pct(v: Any, digits: int) -> str:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return "—"
+    return f"{f:+.{digits}%}" if math.isfinite(f) else "—"
+
+
 def render_report(report: FitReport, console: Any) -> None:
     from rich.table import Table
 
@@ -31,14 +39,15 @@ def render_report(report: FitReport, console: Any) -> None:
     console.print(f"[bold]IsoFLOP fit[/bold] — minimizer {s.get('minimizer')} ({win}), "
                   f"bootstrap {s.get('bootstrap')} resamples, seed {s.get('seed')}")
 
-    t = Table(title="Budgets (per-budget optimum)")
-    for col in ("budget C", "N_opt", "N_opt 5–95%", "D_opt", "L_opt", "points", "used", "flags"):
+    t = Table(title="Budgets (per-budget optimum; D_opt from the budget's own tokens at N_opt)")
+    for col in ("budget C", "N_opt", "N_opt 5–95%", "D_opt", "D_opt 5–95%", "L_opt", "points", "used", "flags"):
         t.add_column(col, justify="left" if col == "flags" else "right")
     for i, f in enumerate(report.budgets):
         ci = report.budget_ci[i] if report.budget_ci else None
+        dci = report.budget_d_ci[i] if report.budget_d_ci else None
         used = report.used[i]
         style = None if used else "dim"
-        t.add_row(_g(f.budget), _g(f.n_opt), _ci(ci), _g(f.d_opt), _g(f.loss_opt, 4),
+        t.add_row(_g(f.budget), _g(f.n_opt), _ci(ci), _g(f.d_opt), _ci(dci), _g(f.loss_opt, 4),
                   f"{f.points_used}/{f.points}", "yes" if used else "no",
                   ", ".join(f.flags) if f.flags else "", style=style)
     console.print(t)
@@ -94,12 +103,18 @@ def render_report(report: FitReport, console: Any) -> None:
         else:
             t = Table(title=f"Backtest: fit without the top {bt.holdout_top} budget(s)")
             for col in ("budget C", "N_opt measured", "N_opt predicted", "error", "in 5–95%",
+                        "D_opt measured", "D_opt predicted", "error", "in 5–95%",
                         "L_opt measured", "L_opt predicted", "error"):
                 t.add_column(col, justify="right")
+
+            def yes_no(v: bool | None) -> str:
+                return "—" if v is None else ("yes" if v else "no")
+
             for p in bt.points:
-                t.add_row(_g(p.budget), _g(p.measured.n_opt), _g(p.predicted.n_opt), f"{p.n_opt_error:+.1%}",
-                          "—" if p.n_opt_in_ci is None else ("yes" if p.n_opt_in_ci else "no"),
-                          _g(p.measured.loss_opt, 4), _g(p.predicted.loss_opt, 4), f"{p.loss_opt_error:+.2%}")
+                t.add_row(_g(p.budget), _g(p.measured.n_opt), _g(p.predicted.n_opt), _pct(p.n_opt_error, 1),
+                          yes_no(p.n_opt_in_ci),
+                          _g(p.measured.d_opt), _g(p.predicted.d_opt), _pct(p.d_opt_error, 1), yes_no(p.d_opt_in_ci),
+                          _g(p.measured.loss_opt, 4), _g(p.predicted.loss_opt, 4), _pct(p.loss_opt_error, 2))
             console.print(t)
 
     if report.excluded:

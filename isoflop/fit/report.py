@@ -11,6 +11,15 @@ bootstrap it often crosses the edge); `keep_flagged=("vertex_near_edge",)`
 keeps such budgets, `keep_flagged=True` keeps every budget that has a vertex
 (out-of-range ones included). Budgets flagged too_few_points/not_convex have
 no vertex and never enter.
+
+D_opt: per budget from the budget's own (N, D) pairs (FitTable.tokens) at
+N_opt, see `isoflop.py`; a run whose FLOPs are known enters with its tokens
+scaled to the budget, D·C/flops = C/flops_per_token(N), so a run 3% over its
+budget does not shift D_opt by 3% (and published points snapped to ±10% of
+a budget, with D = flops/(6N), give D_opt = C/(6·N_opt) exactly). In the
+bootstrap: the same per-budget relation at each resample's N_opt. At new
+budgets (predictions, backtest): the tokens power law `frontier.tokens`.
+On 6ND data all three equal C/(6·N_opt).
 """
 from __future__ import annotations
 
@@ -91,6 +100,7 @@ class FitReport:
     bootstrap: BootstrapVertices | None = field(default=None, repr=False)
     samples: FrontierSamples | None = field(default=None, repr=False)
     budget_ci: tuple[tuple[float, float] | None, ...] = ()   # per budget: 5–95% of N_opt (selected budgets)
+    budget_d_ci: tuple[tuple[float, float] | None, ...] = ()  # per budget: 5–95% of D_opt (selected budgets)
 
     def predict(self, compute: Sequence[float]) -> tuple[Prediction, ...]:
         return _predictions(self.frontier, self.samples, compute)
@@ -136,22 +146,34 @@ def _with_ci(law: PowerLaw, slopes: np.ndarray, icpts: np.ndarray) -> PowerLaw:
 
 def _predictions(frontier: Frontier | None, samples: FrontierSamples | None,
                  compute: Sequence[float]) -> tuple[Prediction, ...]:
+    """The frontier at new budgets.
+
+    N_opt and L_opt from the params and loss power laws; D_opt from the
+    tokens power law `frontier.tokens` (ln D_opt = ln k_D + b·ln C, fitted
+    across budgets on each budget's D_opt under the sweep's own FLOP
+    convention), not C/(6·N_opt): a new budget has no runs whose tokens
+    relation could be evaluated, and under `exact` or `6ND+attention` the
+    tokens a run of N_opt gets are not C/(6·N_opt). Intervals are the 5–95%
+    percentiles of each law over the bootstrap resamples. On 6ND data the
+    tokens law is exactly C/(6·N law), so D_opt = C/(6·N_opt) there.
+    """
     if frontier is None:
         return ()
     out = []
     for c in compute:
         c = float(c)
-        n = float(frontier.params(c))
         kw: dict[str, Any] = {}
         if samples is not None and samples.ok.any():
             lc = math.log(c)
             ok = samples.ok
             ln = samples.slope_n[ok] * lc + samples.icpt_n[ok]
+            ld = samples.slope_d[ok] * lc + samples.icpt_d[ok]
             ll = samples.slope_l[ok] * lc + samples.icpt_l[ok]
-            for key, vals in (("n_opt", np.exp(ln)), ("d_opt", c / (6.0 * np.exp(ln))), ("loss_opt", np.exp(ll))):
+            for key, vals in (("n_opt", np.exp(ln)), ("d_opt", np.exp(ld)), ("loss_opt", np.exp(ll))):
                 ci, med = _ci(vals)
                 kw[f"{key}_ci"], kw[f"{key}_median"] = ci, med
-        out.append(Prediction(budget=c, n_opt=n, d_opt=c / (6.0 * n), loss_opt=float(frontier.loss(c)), **kw))
+        out.append(Prediction(budget=c, n_opt=float(frontier.params(c)), d_opt=float(frontier.tokens(c)),
+                              loss_opt=float(frontier.loss(c)), **kw))
     return tuple(out)
 
 
@@ -202,8 +224,15 @@ def fit_sweep(table: FitTable, *, window: int | str | None = 5, minimizer: str =
             excluded.append(Excluded(str(table.run_id[i]), math.nan, why))
     fit_rows = usable & np.isfinite(budget)
     n_all, y_all, b_all = table.params[fit_rows], table.loss[fit_rows], budget[fit_rows]
-    groups = [(c, n_all[idx], y_all[idx]) for c, idx in group_by_budget(b_all)]
-    fits = tuple(fit_budget(n, y, c, window=k, minimizer=minimizer) for c, n, y in groups)
+    # each run's tokens at exactly its budget: D·C/flops = C/flops_per_token(N) when the run's own FLOP
+    # count is known (runs sit near, not at, their budget: rounding, or ±10% snapping of published points)
+    f_all = table.flops[fit_rows]
+    d_all = table.tokens[fit_rows] * np.where(np.isfinite(f_all) & (f_all > 0), b_all / f_all, 1.0)
+    by_budget = group_by_budget(b_all)
+    groups = [(c, n_all[idx], y_all[idx]) for c, idx in by_budget]
+    # D_opt under the sweep's convention: each budget's own (N, D) pairs (see isoflop.py)
+    fits = tuple(fit_budget(n_all[idx], y_all[idx], c, window=k, minimizer=minimizer, tokens=d_all[idx])
+                 for c, idx in by_budget)
     use = tuple(selected(fits, keep_flagged))
 
     frontier = fit_frontier(fits, use)
@@ -215,12 +244,14 @@ def fit_sweep(table: FitTable, *, window: int | str | None = 5, minimizer: str =
 
     bv = samples = None
     budget_ci: list[tuple[float, float] | None] = [None] * len(fits)
+    budget_d_ci: list[tuple[float, float] | None] = [None] * len(fits)
     sel_idx = [i for i, u in enumerate(use) if u]
     if frontier is not None and int(bootstrap) > 0:
         allow_oor = keep_flagged is True or (not isinstance(keep_flagged, bool)
                                              and VERTEX_OUT_OF_RANGE in set(keep_flagged))
         bv = bootstrap_vertices([groups[i] for i in sel_idx], window=k, minimizer=minimizer,
-                                n_resamples=int(bootstrap), seed=seed, allow_out_of_range=allow_oor)
+                                n_resamples=int(bootstrap), seed=seed, allow_out_of_range=allow_oor,
+                                tokens_relations=[fits[i].tokens_relation for i in sel_idx])
         samples = frontier_samples(bv)
         frontier = Frontier(params=_with_ci(frontier.params, samples.slope_n[samples.ok], samples.icpt_n[samples.ok]),
                             tokens=_with_ci(frontier.tokens, samples.slope_d[samples.ok], samples.icpt_d[samples.ok]),
@@ -230,6 +261,8 @@ def fit_sweep(table: FitTable, *, window: int | str | None = 5, minimizer: str =
             v = bv.valid[:, col]
             ci, _ = _ci(np.exp(bv.log_n[v, col])) if v.any() else (None, None)
             budget_ci[i] = ci
+            ci, _ = _ci(np.exp(bv.log_d[v, col])) if v.any() else (None, None)
+            budget_d_ci[i] = ci
 
     preds = _predictions(frontier, samples, predict)
 
@@ -254,7 +287,7 @@ def fit_sweep(table: FitTable, *, window: int | str | None = 5, minimizer: str =
     return FitReport(budgets=fits, used=use, frontier=frontier, frontier_reason=frontier_reason,
                      excluded=tuple(excluded), predictions=preds, parametric=par, parametric_reason=par_reason,
                      backtest=backtest, envelope=env, settings=settings, points=tuple(groups), bootstrap=bv,
-                     samples=samples, budget_ci=tuple(budget_ci))
+                     samples=samples, budget_ci=tuple(budget_ci), budget_d_ci=tuple(budget_d_ci))
 
 
 def _backtest(fits: Sequence[IsoflopFit], sel_idx: list[int], k: int, bv: BootstrapVertices | None) -> Backtest:
@@ -314,8 +347,11 @@ def _report_json(r: FitReport) -> dict[str, Any]:
         if r.bootstrap is not None and r.used[i]:
             col = [j for j, u in enumerate(r.used) if u].index(i)
             deg = r.bootstrap.degenerate[col]
+        rel = f.tokens_relation
         budgets.append({"budget": f.budget, "n_opt": f.n_opt, "n_opt_ci": r.budget_ci[i] if r.budget_ci else None,
-                        "d_opt": f.d_opt, "loss_opt": f.loss_opt, "points": f.points, "points_used": f.points_used,
+                        "d_opt": f.d_opt, "d_opt_ci": r.budget_d_ci[i] if r.budget_d_ci else None,
+                        "tokens_relation": None if rel is None else {"intercept": rel[0], "slope": rel[1]},
+                        "loss_opt": f.loss_opt, "points": f.points, "points_used": f.points_used,
                         "sizes": f.sizes, "n_min": f.n_min, "n_max": f.n_max, "in_range": f.in_range,
                         "flags": list(f.flags), "used": r.used[i], "curvature": f.curvature,
                         "minimizer": f.minimizer, "window": f.window, "bootstrap_degenerate": deg})
