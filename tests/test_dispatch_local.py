@@ -157,11 +157,9 @@ def test_local_killed_submit_is_settled(planned_sweep, tmp_path, point):
     assert len(states) - states.count("abandoned") == 3
     assert states.count("abandoned") == (3 if point == "intent" else 0)
     run_isoflop("cancel", "tiny", workdir=workdir)
-    # after `sbatch` the jobs were already queued in the pool, so tiny runs may finish before the cancel
+    # the jobs are queued in the pool by now, so tiny runs may finish before the cancel reaches them
     counts = status(workdir)["counts"]
     assert set(counts) <= {"cancelled", "completed"} and sum(counts.values()) == 3, counts
-    if point == "intent":
-        assert counts == {"cancelled": 3}
 
 
 def test_cancel_then_retry_local(planned_sweep, tmp_path):
