@@ -602,6 +602,7 @@ def demo(
     else:
         console.print("every run is finished or running already: reusing them")
     st = _watch(engine, spec.name, 2.0)
+    console.print()
     if not st.finished:
         fail(f"stopped watching; the runs go on in the background: `isoflop --workdir {wd} status {spec.name} --watch`", 130)
     from sqlalchemy.orm import Session
