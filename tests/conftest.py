@@ -77,24 +77,38 @@ def _unavailable(msg: str):
     pytest.skip(msg)
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster():
-    """The local Slurm cluster (FAKE_GPUS=2, sacct shim), started once per session."""
+# The settings the suite's cluster runs with (tests/slurm_cluster.sh); modules that change them
+# restore these afterwards (tests/test_slurm_accounting.py).
+SLURM_DEFAULTS = {"FAKE_GPUS": "2", "SACCT_SHIM": "1", "WITH_ACCOUNTING": "0", "MIN_JOB_AGE": "300"}
+
+
+def start_slurm_cluster(what: str = "the local Slurm cluster", **settings: str) -> tuple[bool, str]:
+    """tests/slurm_cluster.sh start with SLURM_DEFAULTS updated by `settings`: (ok, why not)."""
     if sys.platform != "linux":
-        _unavailable("the local Slurm cluster needs Linux")
+        return False, f"{what} needs Linux"
     if os.geteuid() != 0:
-        _unavailable("starting the local Slurm cluster needs root (run `sudo tests/slurm_cluster.sh start`)")
+        return False, f"starting {what} needs root (run `sudo tests/slurm_cluster.sh start`)"
     if shutil.which("slurmctld") is None and shutil.which("apt-get") is None:
-        _unavailable("Slurm is not installed and there is no apt-get to install it")
-    env = {**os.environ, "FAKE_GPUS": "2", "SACCT_SHIM": "1", "WITH_ACCOUNTING": "0"}
+        return False, "Slurm is not installed and there is no apt-get to install it"
+    env = {**os.environ, **SLURM_DEFAULTS, **settings}
     try:
         r = subprocess.run([str(SLURM_SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=900)
     except subprocess.TimeoutExpired:
-        _unavailable("tests/slurm_cluster.sh start did not finish within 15 minutes")
+        return False, "tests/slurm_cluster.sh start did not finish within 15 minutes"
+    finally:
+        from isoflop.dispatch import slurm
+
+        slurm.reset_cache()
     if r.returncode != 0:
         last = (r.stderr.strip().splitlines() or ["(no output)"])[-1]
-        _unavailable(f"the local Slurm cluster did not start: {last}")
-    from isoflop.dispatch import slurm
+        return False, f"{what} did not start: {last}"
+    return True, ""
 
-    slurm.reset_cache()
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """The local Slurm cluster (FAKE_GPUS=2, sacct shim), started once per session."""
+    ok, why = start_slurm_cluster()
+    if not ok:
+        _unavailable(why)
     yield {"gpus": 2, "sacct": "shim", "partition": "debug"}

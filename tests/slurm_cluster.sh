@@ -10,6 +10,7 @@
 #   SACCT_SHIM=1       a `sacct` stand-in answering from squeue + jobcomp (no MariaDB); 0 removes it
 #   WITH_ACCOUNTING=0  1: real accounting (MariaDB + slurmdbd; apt installs ~26 packages the first time)
 #   SLURM_CPUS=nproc   CPUs the node advertises
+#   MIN_JOB_AGE=300    seconds an ended job stays in squeue (tests/test_slurm_accounting.py uses 5)
 # Debian 12 as root; CI: `sudo tests/slurm_cluster.sh start` before pytest (the fixtures call it too).
 # The scripts in tests/slurm/ are copies of the recipe in shared/slurm (see FINDINGS.md there).
 set -euo pipefail
