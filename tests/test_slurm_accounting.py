@@ -14,7 +14,6 @@ shows where its state came from.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import time
