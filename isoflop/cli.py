@@ -569,6 +569,7 @@ def demo(
     workdir: Optional[Path] = typer.Option(None, "--workdir", help="where the demo's store, runs and plots go [./isoflop-demo]"),
     workers: int = typer.Option(0, "--workers", help="runs at once (0: one per CPU core)"),
     bootstrap: int = typer.Option(1000, "--bootstrap", help="resamples for the frontier's intervals"),
+    spec_path: Optional[Path] = typer.Option(None, "--spec", help="run another small spec the same way"),
 ) -> None:
     """The embedded default end to end: plan, run locally, fit, plot (a byte-level GPT on Python's stdlib)."""
     import os
@@ -584,7 +585,7 @@ def demo(
 
     t0 = time.time()
     wd = (workdir or Path(OPTS.workdir or "isoflop-demo")).resolve()
-    spec = load_spec(TEMPLATES / ("cpu-demo-quick.yaml" if quick else "cpu-demo.yaml"))
+    spec = load_spec(spec_path or TEMPLATES / ("cpu-demo-quick.yaml" if quick else "cpu-demo.yaml"))
     engine = open_engine(db_url(OPTS.db, wd), create=True)
     # --force: a demo spec changed by an upgrade replans, keeping every finished run it still has
     res = save_plan(engine, spec, plan_runs(spec), wd, force=True)
