@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from ..store.models import ACTIVE_STATES, Attempt, Metric, Run, utcnow
 from ..store.sweeps import get_sweep
 from . import files as F
-from .submit import DispatchError, try_lock
+from .submit import DispatchError, lock_or_refuse
 
 RETRYABLE = ("failed", "diverged", "lost", "cancelled")
 
@@ -55,10 +55,7 @@ def cancel_sweep(engine: Engine, sweep_name: str, *, budget: Optional[float] = N
     with Session(engine) as s:
         sw = get_sweep(s, sweep_name)
         workdir = sw.workdir
-    lock = try_lock(workdir)
-    if lock is None:
-        raise DispatchError("an `isoflop submit` is in progress in this workdir; cancel after it returns")
-    try:
+    with lock_or_refuse(workdir, "cancel"):
         with Session(engine) as s, s.begin():
             sw = get_sweep(s, sweep_name)
             root = F.runs_root(sw.workdir, sw.name)
@@ -105,8 +102,6 @@ def cancel_sweep(engine: Engine, sweep_name: str, *, budget: Optional[float] = N
                 r.state, r.reason, r.updated_at = "cancelled", f"cancelled by isoflop cancel (was {r.state})", now
             return CancelResult(sweep_name, tuple(r.run_id for r in chosen),
                                 tuple(j for js in kill.values() for j in js), tuple(marked))
-    finally:
-        lock.close()
 
 
 def _move_aside(rdir: Path, number: int) -> bool:
@@ -140,10 +135,7 @@ def retry_sweep(engine: Engine, sweep_name: str, *, states: Iterable[str] = ("fa
         raise DispatchError(f"--lr-scale must be a positive factor (e.g. 0.5), got {lr_scale}")
     with Session(engine) as s:
         workdir = get_sweep(s, sweep_name).workdir
-    lock = try_lock(workdir)
-    if lock is None:
-        raise DispatchError("an `isoflop submit` is in progress in this workdir; retry after it returns")
-    try:
+    with lock_or_refuse(workdir, "retry"):
         with Session(engine) as s, s.begin():
             sw = get_sweep(s, sweep_name)
             root = F.runs_root(sw.workdir, sw.name)
@@ -174,5 +166,3 @@ def retry_sweep(engine: Engine, sweep_name: str, *, states: Iterable[str] = ("fa
                 scale = f" with lr_scale {r.lr_scale:g}" if (r.lr_scale or 1.0) != 1.0 else ""
                 r.state, r.reason, r.updated_at = "planned", f"retry{scale} (was {was})", now
             return RetryResult(sweep_name, tuple(r.run_id for r in runs), tuple(moved), lr_scale)
-    finally:
-        lock.close()

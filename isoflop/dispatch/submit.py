@@ -106,6 +106,18 @@ def try_lock(workdir: str | Path):
 
 
 @contextlib.contextmanager
+def lock_or_refuse(workdir: str | Path, verb: str):
+    """The submit lock for a command that must not run beside a submit (cancel, retry)."""
+    f = try_lock(workdir)
+    if f is None:
+        raise DispatchError(f"an `isoflop submit` is in progress in this workdir; {verb} after it returns")
+    try:
+        yield
+    finally:
+        f.close()
+
+
+@contextlib.contextmanager
 def submit_lock(workdir: str | Path, timeout_s: float = 600):
     deadline = time.time() + timeout_s
     while True:
