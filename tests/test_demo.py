@@ -2,9 +2,6 @@
 second run that reuses every finished run and only refits."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 
 from sqlalchemy import func, select
@@ -12,6 +9,8 @@ from sqlalchemy.orm import Session
 
 from isoflop.store.engine import open_engine
 from isoflop.store.models import Attempt, Run
+
+from .test_cli_plan import isoflop
 
 TINY = """\
 name: tiny-demo
@@ -27,14 +26,8 @@ trainer: {device: cpu, threads: 1, eval_batches: 2, log_every: 50}
 
 
 def demo(tmp_path, *extra):
-    env = {**os.environ, "COLUMNS": "160"}
-    env.pop("ISOFLOP_DB", None)
-    env.pop("ISOFLOP_WORKDIR", None)
-    return subprocess.run(
-        [sys.executable, "-m", "isoflop", "demo", "--spec", str(tmp_path / "tiny.yaml"), "--workdir",
-         str(tmp_path / "w"), "--bootstrap", "50", *extra],
-        capture_output=True, text=True, timeout=600,
-    )
+    return isoflop("demo", "--spec", str(tmp_path / "tiny.yaml"), "--workdir", str(tmp_path / "w"),
+                   "--bootstrap", "50", *extra, cwd=tmp_path, check=False)
 
 
 def test_demo_runs_fits_plots_then_reuses(tmp_path):
