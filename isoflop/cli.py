@@ -506,17 +506,11 @@ def fit(
 
         table = read_csv(csv)
     else:
-        from sqlalchemy.orm import Session
-
         from .spec import parse_spec
-        from .store.results import fit_curves, fit_rows
-        from .store.sweeps import get_sweep
+        from .store.results import fit_inputs
 
-        with Session(_engine()) as s:
-            sw = get_sweep(s, sweep)
-            spec = parse_spec(sw.spec)
-            rows = fit_rows(s, sw)
-            curves = fit_curves(s, sw) or None
+        spec_json, rows, curves = fit_inputs(_engine(), sweep)
+        spec, curves = parse_spec(spec_json), curves or None
         if not any(r["state"] == "completed" for r in rows):
             fail(f"sweep {sweep!r} has no completed runs yet ({len(rows)} planned); see `isoflop status {sweep}`")
         table = FitTable.from_rows(rows)
@@ -606,17 +600,12 @@ def demo(
     console.print()
     if not st.finished:
         fail(f"stopped watching; the runs go on in the background: `isoflop --workdir {wd} status {spec.name} --watch`", 130)
-    from sqlalchemy.orm import Session
-
     from .fit import FitTable, fit_sweep
     from .fit.plots import save_plots
     from .fit.render import render_report
-    from .store.results import fit_curves, fit_rows
-    from .store.sweeps import get_sweep
+    from .store.results import fit_inputs
 
-    with Session(engine) as s:
-        sw = get_sweep(s, spec.name)
-        rows, curves = fit_rows(s, sw), fit_curves(s, sw)
+    _, rows, curves = fit_inputs(engine, spec.name)
     bad = [r for r in rows if r["state"] != "completed"]
     if bad:
         console.print(f"[yellow]{len(bad)} run(s) did not complete[/]; the fit leaves them out (see `isoflop status`)")

@@ -5,9 +5,11 @@ from collections import defaultdict
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from .models import Metric, Run, Sweep
+from .sweeps import get_sweep
 
 PARAM_COLUMN = {"non_embedding": "params_non_embedding", "with_output": "params_with_output", "all": "params_all"}
 
@@ -59,3 +61,10 @@ def fit_curves(session: Session, sweep: Sweep) -> list[dict[str, Any]]:
             cur["flops"].append(c)
             cur["loss"].append(y)
     return [c for c in curves.values() if c["flops"]]
+
+
+def fit_inputs(engine: Engine, sweep_name: str) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The sweep's stored spec, its fit rows and its training curves, in one read."""
+    with Session(engine) as s:
+        sw = get_sweep(s, sweep_name)
+        return sw.spec, fit_rows(s, sw), fit_curves(s, sw)
