@@ -73,15 +73,18 @@ def _canonical(part: dict[str, Any]) -> bytes:
     return json.dumps(part, sort_keys=True, separators=(",", ":"), default=repr).encode()
 
 
-def run_id_of(definition: dict[str, Any], _common_blob: bytes | None = None) -> str:
+def _digest(common_blob: bytes, own_blob: bytes) -> str:
+    return hashlib.sha256(common_blob + b"|" + own_blob).hexdigest()[:12]
+
+
+def run_id_of(definition: dict[str, Any]) -> str:
     """A stable hash of everything that defines the run (its definition dict).
 
-    The spec-wide part is hashed apart from the per-run part so that planning
-    many runs serialises the shared part once (_common_blob, a cache)."""
+    The spec-wide part is hashed apart from the per-run part, so that plan() serialises the
+    shared part once for all of a sweep's runs."""
     common = {k: v for k, v in definition.items() if k in _COMMON_KEYS}
     own = {k: v for k, v in definition.items() if k not in _COMMON_KEYS}
-    blob = _common_blob if _common_blob is not None else _canonical(common)
-    return hashlib.sha256(blob + b"|" + _canonical(own)).hexdigest()[:12]
+    return _digest(_canonical(common), _canonical(own))
 
 
 def _merged_json(common_blob: bytes, own_blob: bytes) -> str:
@@ -173,7 +176,7 @@ def plan(spec: Spec) -> list[Run]:
                         }
                         own_blob = _canonical(own)
                         runs.append(Run(
-                            run_id=hashlib.sha256(common_blob + b"|" + own_blob).hexdigest()[:12],
+                            run_id=_digest(common_blob, own_blob),
                             budget=budget, point=point,
                             n_layer=n_layer, d_model=d_model, n_head=shape.n_head, params=n,
                             tokens=tokens, steps=steps, batch_seqs=seqs, batch_tokens=batch_tokens,
