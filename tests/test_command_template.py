@@ -131,15 +131,15 @@ def test_nanogpt_flags(tmp_path):
     assert "--init_from=resume" in render_command(d, tmp_path)
     with pytest.raises(ValueError, match="not a multiple"):
         render_command(d | {"vars": {"gradient_accumulation_steps": 3}}, tmp_path)
-    # nanoGPT's result line, last match wins
+    # nanoGPT's result line, last match wins (from the last step: an earlier one is stale)
     log = tmp_path / "attempt-1.log"
     log.write_text("step 0: train loss 5.5, val loss 5.6\niter 0: loss 5.5, time 1ms, mfu -100.00%\n"
-                   "step 100: train loss 2.0, val loss 2.25\n")
+                   f"step {d['steps']}: train loss 2.0, val loss 2.25\n")
     out = collect_result(d, tmp_path, 0, log)
     assert out.state == "completed" and out.result["val_loss"] == 2.25 and out.result["train_loss"] == 2.0
     assert out.result["source"] == "log_regex"
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [x["step"] for x in lines] == [0, 100] and lines[-1]["val_loss"] == 2.25
+    assert [x["step"] for x in lines] == [0, d["steps"]] and lines[-1]["val_loss"] == 2.25
 
 
 def test_torchrun_srun_and_needs_script(tmp_path):

@@ -44,6 +44,8 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from .. import atomic
+from ..schemas import Result, check_result, classify
+from .state import ResultKind
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates" / "commands"
 
@@ -727,6 +729,7 @@ def _normalize(definition: dict, raw: dict[str, Any], *, source: str, attempt: i
         "val_loss": None if diverged else val,
         "train_loss": _finite_or_none(train),
         "tokens": tokens_i,
+        "step": steps_i,  # the step its loss is from: before planned_steps it is stale
         "steps": steps_i,
         "planned_steps": planned_steps,
         "planned_tokens": definition.get("tokens"),
@@ -742,7 +745,7 @@ def _normalize(definition: dict, raw: dict[str, Any], *, source: str, attempt: i
         "reported": {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in raw.items()},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    return result, None
+    return Result.model_validate(result).to_json(), None
 
 
 def collect_result(definition: dict, run_dir: Path, exit_code: int, log_path: Optional[Path] = None, *,
@@ -777,19 +780,14 @@ def collect_result(definition: dict, run_dir: Path, exit_code: int, log_path: Op
     result: Optional[dict] = None
     problem: Optional[str] = None
     if t.native:
-        try:
-            obj = json.loads(paths.normalized_result.read_text())
-            if not isinstance(obj, dict):
-                raise ValueError("not a JSON object")
-            rid = definition.get("run_id")
-            if rid and obj.get("run_id") not in (None, rid):
-                problem = f"{paths.normalized_result.name} belongs to run {obj.get('run_id')!r}, not {rid!r}"
-            else:
-                result = obj
-        except FileNotFoundError:
+        check = check_result(paths.normalized_result, run_id=definition.get("run_id"),
+                             planned_steps=definition.get("steps"))
+        if check.kind == ResultKind.ABSENT:
             problem = f"{paths.normalized_result.name} was not written"
-        except (OSError, ValueError) as e:
-            problem = f"{paths.normalized_result.name} is unreadable: {e}"
+        elif check.result is None:
+            problem = f"{paths.normalized_result.name} is unusable: {check.reason}"
+        else:
+            result = check.result.to_json()
     else:
         raw, problem = _read_script_result(paths.result)
         source = "result_file"
@@ -829,6 +827,9 @@ def collect_result(definition: dict, run_dir: Path, exit_code: int, log_path: Op
         if moved_aside:
             result["moved_aside"] = moved_aside
         write_json_atomic(paths.normalized_result, result)
+    check = classify(Result.model_validate(result), planned_steps=definition.get("steps"))
+    if check.kind == ResultKind.STALE:  # kept in result.json for the record; sync sets it aside
+        return Outcome("failed", f"{paths.normalized_result.name}: {check.reason}", result, exit_code)
     if result.get("diverged"):
         return Outcome("diverged", f"diverged at step {result.get('diverged_step')}", result, exit_code)
     return Outcome("completed", None, result, exit_code)

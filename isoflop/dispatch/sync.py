@@ -21,10 +21,13 @@ from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from ..store.ingest import ingest_metrics, is_diverged, read_result, result_updates
+from ..schemas import set_aside_result
+from ..store.ingest import ingest_metrics, result_updates
 from ..store.models import ACTIVE_STATES, Attempt, Run, utcnow
 from ..store.sweeps import get_sweep
 from . import files as F
+from .evidence import gather
+from .state import AttemptState, ResultKind, RunState, decide
 
 LOG_TAIL_LINES = 12
 
@@ -215,7 +218,7 @@ def _active_rows(session: Session, sweep_id: int) -> list[Any]:
         select(
             Attempt.id.label("attempt_pk"), Attempt.run_pk, Attempt.number, Attempt.executor, Attempt.job_id,
             Attempt.state, Attempt.token, Attempt.task, Attempt.submitted_at, Attempt.started_at,
-            Run.run_id, Run.metrics_offset, Run.state.label("run_state"), Run.step_done,
+            Run.run_id, Run.metrics_offset, Run.state.label("run_state"), Run.step_done, Run.steps,
         ).join(Run, Run.id == Attempt.run_pk).where(Run.sweep_id == sweep_id, Attempt.state.in_(ACTIVE_STATES))
     ))
 
@@ -256,70 +259,54 @@ def sync_active(engine: Engine, sweep_name: str, *, have_lock: bool = False) -> 
         for r in rows:
             if not r.job_id:
                 continue  # an intent of a submit in progress
-            rdir = runs_root / r.run_id
-            upd = ingest_metrics(s, r.run_pk, rdir, r.metrics_offset or 0)
-            result = read_result(rdir, r.run_id)
-            status = F.read_json(F.status_path(rdir, r.number)) or {}
-            st = status.get("state")
-            info = view.get(r.job_id)
-            a: dict[str, Any] = {}
-            if status.get("node"):
-                a["node"] = status["node"]
-            if status.get("started_at") and not r.started_at:
-                a["started_at"] = _parse_time(status["started_at"])
-            new_state = None
-            reason = None
-            final = False
-            if result is not None:
-                upd.update(result_updates(result))
-                if is_diverged(result):
-                    new_state, final = "diverged", True
-                    reason = f"diverged at step {result.get('diverged_step')}"
-                else:
-                    new_state, final = "completed", True
-            elif st in ("failed", "cancelled"):
-                new_state, final, reason = st, True, status.get("reason") or st
-                if status.get("exit_code") is not None:
-                    a["exit_code"] = str(status["exit_code"])
-            elif r.executor in unreachable:
-                pass  # the scheduler did not answer: change nothing
-            elif info is not None and info[0] == "pending":
-                new_state = "queued"
-            elif info is not None and info[0] == "running":
-                new_state = "running" if st == "running" else "queued"
-            else:  # the job ended, or the scheduler has forgotten it, without a result for this run
-                sched_state = info[1] if info else ""
-                final = True
-                step = upd.get("step_done", r.step_done)
-                at = f"; last step {step}" if step is not None else "; no step logged"
-                if sched_state.startswith("CANCELLED") or st == "cancelled":
-                    new_state, reason = "cancelled", f"job {r.job_id} was cancelled ({sched_state or 'scancel'}){at}"
-                else:
-                    what = f"ended ({sched_state})" if sched_state else "left the scheduler"
-                    extra = f": {status['reason']}" if status.get("reason") else ""
-                    new_state, reason = "lost", f"job {r.job_id} {what} without a result{extra}{at}"
-                if info and info[3] not in (None, ""):
-                    a["exit_code"] = str(info[3])
-            if new_state is None:
-                if upd:
-                    run_upd.setdefault(r.run_pk, {}).update(upd, updated_at=now)
-                continue
-            if final:
-                a.update(state=new_state, reason=reason, ended_at=_parse_time(status.get("ended_at")) or now)
-                if new_state in ("failed", "lost", "cancelled"):
-                    tail = _log_tail(rdir, r.number, runs_root, r.token, r.job_id)
-                    if tail:
-                        a["stderr"] = tail
-            else:
-                a["state"] = new_state
-            if new_state != r.run_state:
+            run_cols, att_cols = _sync_one(s, r, runs_root, view.get(r.job_id), r.executor in unreachable, now)
+            if run_cols.get("state", r.run_state) != r.run_state:
                 changed += 1
-            upd.update(state=new_state, reason=reason, updated_at=now)
-            run_upd.setdefault(r.run_pk, {}).update(upd)
-            att_upd[r.attempt_pk] = a
+            if run_cols:
+                run_upd.setdefault(r.run_pk, {}).update(run_cols, updated_at=now)
+            if att_cols:
+                att_upd[r.attempt_pk] = att_cols
         _bulk_update(s, Run, run_upd)
         _bulk_update(s, Attempt, att_upd)
     return changed, source, warnings
+
+
+def _sync_one(s: Session, r: Any, runs_root: Path, info: Any, unreachable: bool, now: datetime
+              ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Gather one active attempt's evidence, decide, and return the (run, attempt) column updates.
+    A result that does not count (invalid, stale) is moved aside here, so the run can train again."""
+    rdir = runs_root / r.run_id
+    upd = ingest_metrics(s, r.run_pk, rdir, r.metrics_offset or 0)
+    ev, check, status = gather(r, rdir, info, unreachable, upd.get("step_done", r.step_done))
+    t = decide(r.run_state, r.state, ev)
+    a: dict[str, Any] = {}
+    if status.get("node"):
+        a["node"] = status["node"]
+    if status.get("started_at") and not r.started_at:
+        a["started_at"] = _parse_time(status["started_at"])
+    if check.kind in (ResultKind.VALID, ResultKind.DIVERGED):
+        upd.update(result_updates(check.result))
+    reason = t.reason
+    if check.kind in (ResultKind.INVALID, ResultKind.STALE):
+        moved = set_aside_result(rdir, r.number, t.reason or check.kind.value)
+        if moved is not None:
+            reason = f"{reason}; moved to {moved.name}"
+    if not t.final and not t.changes(r.run_state, r.state):
+        return upd, a
+    if t.final:
+        a.update(reason=reason, ended_at=_parse_time(status.get("ended_at")) or now)
+        exit_code = info[3] if info is not None and info[3] not in (None, "") else status.get("exit_code")
+        if exit_code is not None and t.attempt_state != AttemptState.COMPLETED:
+            a["exit_code"] = str(exit_code)
+        if t.attempt_state in (AttemptState.FAILED, AttemptState.LOST, AttemptState.CANCELLED):
+            tail = _log_tail(rdir, r.number, runs_root, r.token, r.job_id)
+            if tail:
+                a["stderr"] = tail
+    a["state"] = t.attempt_state.value
+    upd["state"] = t.run_state.value
+    if t.run_state != RunState.SUPERSEDED:  # a superseded run keeps why it was superseded
+        upd["reason"] = reason
+    return upd, a
 
 
 def _bulk_update(s: Session, table: Any, rows: dict[int, dict[str, Any]]) -> None:

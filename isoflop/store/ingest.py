@@ -1,6 +1,6 @@
 """Ingesting a run folder's files into the store: metrics.jsonl (incrementally, from
-Run.metrics_offset) and result.json. Files are the source of truth for results; this module
-only reads them. Cheap imports only: `isoflop status` uses it.
+Run.metrics_offset) and result.json (through isoflop.schemas, which judges whether it counts).
+Files are the source of truth for results; this module only reads them. Cheap imports only: `isoflop status` uses it.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import delete, insert
 from sqlalchemy.orm import Session
 
+from ..schemas import RESULT_JSON, Result, ResultCheck, check_result
 from .models import Metric
 
 METRIC_KEYS = ("step", "tokens", "flops", "train_loss", "val_loss", "lr", "tokens_per_s")
@@ -92,28 +93,20 @@ def ingest_metrics(session: Session, run_pk: int, rdir: Path, offset: int) -> di
     return upd
 
 
-def read_result(rdir: Path, run_id: str | None = None) -> dict[str, Any] | None:
-    """result.json of a run (None when absent, unreadable, or of another run)."""
-    try:
-        d = json.loads((Path(rdir) / "result.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(d, dict) or (run_id and d.get("run_id") not in (None, run_id)):
-        return None
-    return d
+def read_result(rdir: Path, run_id: str | None = None, planned_steps: int | None = None) -> ResultCheck:
+    """result.json of a run, judged: absent, valid, diverged, stale or invalid (with the reason)."""
+    return check_result(Path(rdir) / RESULT_JSON, run_id=run_id, planned_steps=planned_steps)
 
 
-def result_updates(result: dict[str, Any]) -> dict[str, Any]:
-    """Run column updates from a result.json."""
+def result_updates(result: Result) -> dict[str, Any]:
+    """Run column updates from a (valid or diverged) result; a non-finite loss is stored as NULL."""
     upd: dict[str, Any] = {}
-    for col, key in (("val_loss", "val_loss"), ("train_loss", "train_loss"), ("measured_flops", "measured_flops"),
-                     ("wall_s", "wall_s"), ("diverged_step", "diverged_step"), ("step_done", "steps"),
-                     ("tokens_done", "tokens")):
-        v = result.get(key)
+    for col, v in (("val_loss", result.val_loss), ("train_loss", result.train_loss),
+                   ("measured_flops", result.measured_flops), ("wall_s", result.wall_s)):
         if v is not None:
-            upd[col] = _num(float(v)) if col in ("val_loss", "train_loss", "measured_flops", "wall_s") else int(v)
+            upd[col] = _num(float(v))
+    for col, v in (("diverged_step", result.diverged_step), ("step_done", result.step),
+                   ("tokens_done", result.tokens)):
+        if v is not None:
+            upd[col] = int(v)
     return upd
-
-
-def is_diverged(result: dict[str, Any]) -> bool:
-    return bool(result.get("diverged")) or result.get("status") == "diverged"

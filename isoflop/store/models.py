@@ -10,16 +10,16 @@ from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, Un
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from ..dispatch.state import RUN_ACTIVE, RUN_FINAL, AttemptState, RunState
+
 SCHEMA_VERSION = 1
 
-# A run's state. planned -> submitting -> queued -> running -> completed | failed | diverged | lost
-# | cancelled; superseded: its spec changed under --force and it is no longer planned (kept, not deleted).
-RUN_STATES = (
-    "planned", "submitting", "queued", "running", "completed", "failed", "diverged", "lost", "cancelled",
-    "superseded",
-)
-ACTIVE_STATES = ("submitting", "queued", "running")
-FINAL_STATES = ("completed", "failed", "diverged", "lost", "cancelled")
+# The lifecycle's vocabulary lives in dispatch/state.py (documented in the README); these tuples of
+# plain strings are what queries compare the columns with.
+RUN_STATES = tuple(s.value for s in RunState)
+ACTIVE_STATES = tuple(s.value for s in RUN_ACTIVE)
+FINAL_STATES = tuple(s.value for s in RUN_FINAL)
+ATTEMPT_STATES = tuple(s.value for s in AttemptState)
 
 
 def utcnow() -> datetime:

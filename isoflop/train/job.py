@@ -18,10 +18,11 @@ handler or a callback) to get the same checkpoint-then-Preempted behaviour.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from isoflop.dispatch.state import ResultKind
+from isoflop.schemas import check_result, set_aside_result
 from isoflop.train import checkpoint as ckpt
 from isoflop.train.checkpoint import Preempted, request_stop
 from isoflop.train.config import RunConfig
@@ -31,11 +32,23 @@ __all__ = ["train", "Preempted", "request_stop", "read_result"]
 
 
 def read_result(run_dir: str | Path) -> dict[str, Any] | None:
-    p = Path(run_dir) / RESULT_NAME
-    try:
-        return json.loads(p.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    """The run's result.json when it is a result at all (valid, diverged or stale); None when
+    absent or invalid."""
+    check = check_result(Path(run_dir) / RESULT_NAME)
+    return check.result.to_json() if check.result is not None else None
+
+
+def _reusable(run_dir: str | Path, cfg: RunConfig, fp: str) -> dict[str, Any] | None:
+    """A finished result of this very definition (a requeued job that had finished), or None.
+    A result that does not count (unreadable, wrong types, stale) is moved aside, never reused."""
+    check = check_result(Path(run_dir) / RESULT_NAME, run_id=cfg.run_id, planned_steps=cfg.steps)
+    if check.kind in (ResultKind.INVALID, ResultKind.STALE):
+        # the trainer does not know its attempt number: "0" marks a move made by the trainer itself
+        set_aside_result(Path(run_dir), 0, f"{RESULT_NAME}: {check.reason}")
         return None
+    if check.result is not None and check.result.model_extra.get("fingerprint") == fp:
+        return check.result.to_json()
+    return None
 
 
 def _stale_result(run_dir: str | Path, fp: str) -> Path | None:
@@ -57,10 +70,8 @@ def train(run_dir: str | Path, install_signal_handlers: bool = True, force: bool
     `request_stop()` was called); requeue the job to resume.
     """
     cfg = RunConfig.load(run_dir)
-    if not force:
-        prev = read_result(run_dir)
-        if prev is not None and prev.get("fingerprint") == fingerprint(cfg):
-            return prev
+    if not force and (prev := _reusable(run_dir, cfg, fingerprint(cfg))) is not None:
+        return prev
     if prev_path := _stale_result(run_dir, fingerprint(cfg)):
         # a result of another run definition (e.g. before an lr_scale retry): keep it aside
         old_fp = (read_result(run_dir) or {}).get("fingerprint", "old")

@@ -330,6 +330,7 @@ def run(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
         "val_loss": val_loss,
         "train_loss": train_loss if train_loss is not None and math.isfinite(train_loss) else None,
         "tokens": tokens,
+        "step": done_steps,  # the step val_loss is from (the last one, unless diverged)
         "steps": done_steps,
         "planned_steps": steps,
         "planned_tokens": steps * B * T,

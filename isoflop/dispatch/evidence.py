@@ -1,0 +1,76 @@
+"""Gathering the evidence about one active attempt: its result.json, the job's status file
+(attempt-<n>.json), what the scheduler said, and whether its trainer process is alive.
+Nothing here decides a state (state.decide does) or writes the store (sync does).
+"""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, Optional
+
+from ..schemas import RESULT_JSON, ResultCheck, check_result
+from . import files as F
+from .state import AttemptState, Evidence, ResultKind, Scheduler
+
+_PHASES = {"pending": Scheduler.PENDING, "running": Scheduler.RUNNING, "ended": Scheduler.ENDED}
+_HOST = socket.gethostname()
+
+
+def scheduler_evidence(info: Any, unreachable: bool) -> tuple[Scheduler, str]:
+    """(Scheduler, its word for an ended job) from a scheduler view entry (phase, STATE, node,
+    exit_code), or None when the scheduler does not know the job."""
+    if unreachable:
+        return Scheduler.UNREACHABLE, ""
+    if info is None:
+        return Scheduler.UNKNOWN, ""
+    return _PHASES.get(info[0], Scheduler.ENDED), str(info[1] or "")
+
+
+def _reported(status: dict[str, Any]) -> Optional[AttemptState]:
+    try:
+        return AttemptState(status.get("state"))
+    except ValueError:
+        return None  # absent, or a word this version does not know: ask the scheduler
+
+
+def pid_alive(pid: Any, node: Any) -> Optional[bool]:
+    """Whether a process recorded by a job still runs; None when it cannot be known from here
+    (another node, or no pid recorded)."""
+    if not isinstance(pid, int) or pid <= 0 or node != _HOST:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead for our purpose
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rfind(")") + 2:][:1] not in ("Z", "X")
+    except OSError:
+        return True
+
+
+def read_result(rdir: Path, run_id: str, planned_steps: Optional[int]) -> ResultCheck:
+    check = check_result(Path(rdir) / RESULT_JSON, run_id=run_id, planned_steps=planned_steps)
+    if check.kind in (ResultKind.INVALID, ResultKind.STALE):
+        return ResultCheck(check.kind, check.result, f"{Path(rdir) / RESULT_JSON}: {check.reason}")
+    return check
+
+
+def gather(row: Any, rdir: Path, info: Any, unreachable: bool, last_step: Optional[int]
+           ) -> tuple[Evidence, ResultCheck, dict[str, Any]]:
+    """The evidence about one active attempt (`row`: run_id, number, job_id, steps), with the
+    result check and the job's status file it came from."""
+    check = read_result(rdir, row.run_id, row.steps)
+    status = F.read_json(F.status_path(rdir, row.number)) or {}
+    sched, word = scheduler_evidence(info, unreachable)
+    ev = Evidence(
+        result=check.kind, result_reason=check.reason, reported=_reported(status),
+        reported_reason=status.get("reason"), scheduler=sched, sched_state=word, job_id=row.job_id or "",
+        trainer_alive=pid_alive(status.get("trainer_pid"), status.get("node")) if sched in (
+            Scheduler.ENDED, Scheduler.UNKNOWN) else None,
+        last_step=last_step,
+    )
+    return ev, check, status
