@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from .. import atomic
+from ..atomic import write_json_atomic
 from ..schemas import Result, check_result, classify
 from .state import ResultKind
 
@@ -473,10 +473,6 @@ def _finite_or_none(v: Optional[float]) -> Optional[float]:
     return v if v is not None and math.isfinite(v) else None
 
 
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    atomic.write_json_atomic(path, obj)
 
 
 def _log_lines(log_path: Path) -> Iterator[str]:

@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session
 from ..store.models import ACTIVE_STATES, Attempt, Metric, Run, utcnow
 from ..store.sweeps import get_sweep
 from . import files as F
-from .submit import DispatchError, lock_or_refuse
+from .backend import backend_for
+from .locks import DispatchError, lock_or_refuse
 
 RETRYABLE = ("failed", "diverged", "lost", "cancelled")
 
@@ -87,14 +88,8 @@ def cancel_sweep(engine: Engine, sweep_name: str, *, budget: Optional[float] = N
                 rdir = root / r.run_id
                 if rdir.is_dir():
                     (rdir / F.CANCEL).touch()
-            if kill.get("slurm"):
-                from . import slurm
-
-                slurm.scancel(kill["slurm"])
-            if kill.get("local"):
-                from . import local
-
-                local.cancel(workdir, kill["local"])
+            for executor, ids in kill.items():
+                backend_for(executor, workdir=workdir).cancel(ids)
             for a in active:
                 if a.run_pk in pks:
                     a.state, a.ended_at, a.reason = "cancelled", now, "isoflop cancel"

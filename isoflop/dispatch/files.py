@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .. import atomic
+from ..atomic import write_json_atomic  # noqa: F401  (re-exported: F.write_json_atomic)
 
 RUN_JSON = "run.json"
 RESULT = "result.json"
@@ -38,10 +38,6 @@ def status_path(rdir: Path, attempt: int) -> Path:
 
 def log_path(rdir: Path, attempt: int) -> Path:
     return Path(rdir) / f"attempt-{attempt}.log"
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    atomic.write_json_atomic(path, data, allow_nan=True)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -1,10 +1,11 @@
-"""The local executor: jobs as background processes that outlive the CLI.
+"""The local backend: jobs as background processes that outlive the CLI.
 
 submitit's LocalExecutor is not used: it starts every job at once (no worker limit) and its jobs
 are children of the submitting process. Instead `enqueue()` writes job files into
 `<workdir>/local/jobs/` and makes sure one detached pool process (`python -m
 isoflop.dispatch.local WORKDIR`) runs them, at most `workers` at a time; the pool exits when the
-queue is empty. One pool per workdir (an flock), whatever the number of submits.
+queue is empty. One pool per workdir (an flock on local/pool.lock, which names its pid); a pool
+that died is started again by the next look at its jobs (status, submit).
 
     local/jobs/<job_id>.json     {"job_id", "run_dirs", "created"}         (submit)
     local/jobs/<job_id>.state    {"state": running|completed|failed|cancelled, "pid", ...}  (pool)
@@ -12,16 +13,17 @@ queue is empty. One pool per workdir (an flock), whatever the number of submits.
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Optional
 
 from . import files as F
+from .backend import ArrayPlan, JobState
+from .locks import flock_file
 
 POLL_S = 0.3
 
@@ -69,28 +71,35 @@ def start_pool(workdir: str | Path) -> None:
         )
 
 
-def job_states(workdir: str | Path, ids: Iterable[str]) -> dict[str, dict]:
-    """{job_id: {"phase": pending|running|ended, "state": ...}} for the jobs whose file exists."""
+def pool_alive(workdir: str | Path) -> bool:
+    """Whether a pool holds the workdir's pool lock (a killed pool holds nothing)."""
+    f = flock_file(local_dir(workdir) / "pool.lock")
+    if f is None:
+        return True
+    f.close()
+    return False
+
+
+def job_states(workdir: str | Path, ids: Iterable[str]) -> dict[str, JobState]:
+    """What the pool's files say of the jobs whose file exists. A pending job without a pool
+    would wait forever: the pool is started again."""
     jd = jobs_dir(workdir)
-    out: dict[str, dict] = {}
+    out: dict[str, JobState] = {}
     for jid in ids:
         if not (jd / f"{jid}.json").exists():
             continue
         st = F.read_json(jd / f"{jid}.state")
         if st is None:
-            out[jid] = {"phase": "pending", "state": "PENDING"}
+            out[jid] = JobState("pending", "PENDING")
         elif st.get("state") == "running":
-            if _pid_alive(st.get("pid")):
-                out[jid] = {"phase": "running", "state": "RUNNING", "node": st.get("node", "")}
-            else:
-                out[jid] = {"phase": "ended", "state": "LOST", "reason": "the job process is gone"}
+            alive = _pid_alive(st.get("pid"))
+            out[jid] = JobState("running", "RUNNING", st.get("node", "")) if alive else JobState("ended", "LOST")
         else:
-            out[jid] = {"phase": "ended", "state": str(st.get("state", "")).upper(), "exit_code": st.get("exit_code")}
+            code = st.get("exit_code")
+            out[jid] = JobState("ended", str(st.get("state", "")).upper(), "", None if code is None else str(code))
+    if any(j.phase == "pending" for j in out.values()) and not pool_alive(workdir):
+        start_pool(workdir)
     return out
-
-
-def job_exists(workdir: str | Path, job_id: str) -> bool:
-    return (jobs_dir(workdir) / f"{job_id}.json").exists()
 
 
 def cancel(workdir: str | Path, ids: Iterable[str]) -> None:
@@ -116,60 +125,119 @@ def _workers(ld: Path) -> int:
     return max(1, int(d.get("workers", 1)))
 
 
-def pool_main(workdir: str) -> int:
-    ld = local_dir(workdir)
-    jd = jobs_dir(workdir)
-    jd.mkdir(parents=True, exist_ok=True)
-    lock = open(ld / "pool.lock", "w")
+def _kill_commands(job_file: Path) -> None:
+    """A job killed by a signal could not stop its commands (own process groups): kill them
+    now, so no trainer outlives its job. Their groups are named in the runs' attempt files."""
+    for rd in (F.read_json(job_file) or {}).get("run_dirs", []):
+        attempt = int((F.read_json(Path(rd) / F.RUN_JSON) or {}).get("attempt", 1))
+        pgid = (F.read_json(F.status_path(Path(rd), attempt)) or {}).get("pgid")
+        if pgid:
+            try:
+                os.killpg(int(pgid), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _reap(jd: Path, running: dict[str, subprocess.Popen]) -> None:
+    for jid, p in list(running.items()):
+        rc = p.poll()
+        if rc is None:
+            continue
+        del running[jid]
+        if rc < 0:
+            _kill_commands(jd / f"{jid}.json")
+        state = "cancelled" if (jd / f"{jid}.cancel").exists() else ("completed" if rc == 0 else "failed")
+        F.write_json_atomic(jd / f"{jid}.state", {"state": state, "exit_code": rc, "pid": p.pid, "ended": time.time()})
+
+
+def _pending(jd: Path, running: dict[str, subprocess.Popen]) -> list[str]:
+    """Jobs not started yet, oldest first."""
+    found = [(f.stat().st_mtime, f.stem) for f in jd.glob("*.json")
+             if f.stem not in running and not (jd / f"{f.stem}.state").exists()]
+    return [jid for _, jid in sorted(found)]
+
+
+def _start(jd: Path, jid: str) -> subprocess.Popen:
+    env = dict(os.environ, ISOFLOP_LOCAL_JOB_ID=jid)
+    with open(jd / f"{jid}.log", "ab") as log:
+        p = subprocess.Popen(
+            [sys.executable, "-m", "isoflop.dispatch.job", str(jd / f"{jid}.json")],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+    F.write_json_atomic(jd / f"{jid}.state", {"state": "running", "pid": p.pid, "node": os.uname().nodename,
+                                             "started": time.time()})
+    return p
+
+
+def _take_pool_lock(ld: Path) -> Optional[Any]:
     deadline = time.time() + 5  # a pool that is exiting still holds the lock for a moment
-    while True:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if time.time() > deadline:
-                return 0  # another pool runs the queue
-            time.sleep(0.2)
+    while (lock := flock_file(ld / "pool.lock")) is None:
+        if time.time() > deadline:
+            return None  # another pool runs the queue
+        time.sleep(0.2)
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+def pool_main(workdir: str) -> int:
+    ld, jd = local_dir(workdir), jobs_dir(workdir)
+    jd.mkdir(parents=True, exist_ok=True)
+    lock = _take_pool_lock(ld)
+    if lock is None:
+        return 0
     running: dict[str, subprocess.Popen] = {}
     idle_since = time.time()
     while True:
-        # reap
-        for jid, p in list(running.items()):
-            rc = p.poll()
-            if rc is None:
-                continue
-            del running[jid]
-            cancelled = (jd / f"{jid}.cancel").exists()
-            state = "cancelled" if cancelled else ("completed" if rc == 0 else "failed")
-            F.write_json_atomic(jd / f"{jid}.state", {"state": state, "exit_code": rc, "pid": p.pid, "ended": time.time()})
-        # pending, oldest first
-        pending = []
-        for f in jd.glob("*.json"):
-            jid = f.stem
-            if jid in running or (jd / f"{jid}.state").exists():
-                continue
-            pending.append((f.stat().st_mtime, jid))
-        pending.sort()
-        for _, jid in pending:
+        _reap(jd, running)
+        pending = _pending(jd, running)
+        for jid in pending:
             if (jd / f"{jid}.cancel").exists():
                 F.write_json_atomic(jd / f"{jid}.state", {"state": "cancelled", "exit_code": None, "ended": time.time()})
-                continue
-            if len(running) >= _workers(ld):
-                break
-            env = dict(os.environ, ISOFLOP_LOCAL_JOB_ID=jid)
-            with open(jd / f"{jid}.log", "ab") as log:
-                p = subprocess.Popen(
-                    [sys.executable, "-m", "isoflop.dispatch.job", str(jd / f"{jid}.json")],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                )
-            running[jid] = p
-            F.write_json_atomic(jd / f"{jid}.state", {"state": "running", "pid": p.pid, "node": os.uname().nodename,
-                                                     "started": time.time()})
+            elif len(running) < _workers(ld):
+                running[jid] = _start(jd, jid)
         if running or pending:
             idle_since = time.time()
         elif time.time() - idle_since > 2.0:
             return 0
         time.sleep(POLL_S)
+
+
+class LocalBackend:
+    """Jobs run by the workdir's pool, `workers` at a time (the profile's, or CPUs / threads)."""
+
+    name = "local"
+
+    def __init__(self, workdir: str | Path, profile: Any = None) -> None:
+        self.workdir, self.profile = workdir, profile
+
+    def check(self) -> None:
+        pass
+
+    def parameters(self, *, minutes: int, name: str, comment: str) -> dict[str, Any]:
+        return {}
+
+    def preview(self, arr: ArrayPlan, root: Path) -> Optional[str]:
+        return None
+
+    def submit(self, arr: ArrayPlan, root: Path) -> list[str]:
+        ids = [f"{arr.token}_{i}" for i in range(len(arr.jobs))]
+        first = F.read_json(root / arr.jobs[0].run_ids[0] / F.RUN_JSON) or {}
+        workers = self.profile.local_workers(int(first.get("threads") or 1))
+        enqueue(self.workdir, [(jid, [str(root / r) for r in job.run_ids]) for jid, job in zip(ids, arr.jobs)], workers)
+        return ids
+
+    def job_states(self, ids: list[str]) -> tuple[dict[str, JobState], str]:
+        return job_states(self.workdir, ids), "local"
+
+    def adopt(self, sweep: str, token: str, tasks: list[int], root: Path) -> dict[int, str]:
+        # a job file is a job that can run (a dead pool is started again by job_states)
+        return {t: f"{token}_{t}" for t in tasks if (jobs_dir(self.workdir) / f"{token}_{t}.json").exists()}
+
+    def cancel(self, ids: list[str]) -> None:
+        cancel(self.workdir, ids)
 
 
 if __name__ == "__main__":

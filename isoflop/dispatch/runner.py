@@ -25,10 +25,12 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
+from ..atomic import write_json_atomic
 from .command import (
     LOG_PREFIX, RUN_JSON, CommandTemplate, Outcome, ProgressPump, collect_result, job_environment,
-    load_template, paths_for, render_command, render_cwd, write_json_atomic,
+    load_template, paths_for, render_command, render_cwd,
 )
+from .locks import lock_run_folder, run_folder_holder
 
 __all__ = ["Outcome", "CommandRun", "run_to_end", "forward_signals", "read_run_json"]
 
@@ -57,6 +59,18 @@ def _shell() -> list[str]:
 # The shell survives a forwarded stop signal (a trap defers it until the foreground command
 # exits) so the command's own exit code comes back; the command itself gets default handlers.
 _TRAPS = "trap : TERM USR1 USR2 HUP INT\n"
+
+
+def _die_with_parent():
+    """A preexec_fn for the command's shell: SIGKILL it when the thread that started it dies, so
+    a job killed with -9 leaves no shell behind (Linux; None elsewhere). prctl is looked up here,
+    in the parent: a forked child of a threaded process must not load libraries."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return lambda: prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
 
 
 def _group_alive(pgid: int) -> bool:
@@ -138,6 +152,7 @@ class CommandRun:
         self._outcome: Optional[Outcome] = None
         self._pump: Optional[ProgressPump] = None
         self._lock = threading.RLock()
+        self._folder_lock = None  # the run folder's trainer lock, shared with the command
         self._started = False
         try:
             self.definition = read_run_json(self.run_dir)
@@ -183,12 +198,25 @@ class CommandRun:
                                     "before the command started", None, 0)
             self._log(f"attempt {self.attempt} not started: {self._outcome.reason}")
             return
+        self._folder_lock = lock_run_folder(self.run_dir)
+        if self._folder_lock is None:
+            self.error = (f"another trainer (pid {run_folder_holder(self.run_dir) or '?'}) holds "
+                          f"{self.run_dir.name}/; not started beside it")
+            self._log(self.error)
+            self._outcome = Outcome("failed", self.error, None, 2)
+            return
         try:
             self._spawn()
         except OSError as e:
             self.error = f"cannot start the command: {e}"
             self._log(self.error)
             self._outcome = Outcome("failed", self.error, None, 2)
+            self._release()
+
+    def _release(self) -> None:
+        if self._folder_lock is not None:
+            self._folder_lock.close()
+            self._folder_lock = None
 
     def _spawn(self) -> None:
         t = self.template
@@ -211,9 +239,11 @@ class CommandRun:
         self._pump = None if t.native else ProgressPump(self.definition, self.paths, t)
         log = open(self.log_path, "ab")
         try:
+            # the command inherits the run folder's lock: it stays held while any of it lives
             self._proc = subprocess.Popen(
                 [*_shell(), _TRAPS + self.command], stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, env=env, cwd=self.cwd, start_new_session=True, close_fds=True,
+                pass_fds=(self._folder_lock.fileno(),), preexec_fn=_die_with_parent(),
             )
         finally:
             log.close()
@@ -286,6 +316,7 @@ class CommandRun:
             time.sleep(POLL_S)
             if self._outcome is not None:  # finished by a re-entrant wait()
                 return self._outcome
+        self._release()
         wall = time.time() - self._t0
         try:
             outcome = collect_result(self.definition, self.run_dir, rc, self.log_path, attempt=self.attempt,

@@ -1,24 +1,26 @@
-"""Asking Slurm what is alive: squeue always, sacct when the cluster has accounting.
+"""The Slurm backend: submitit arrays of packed jobs; squeue always, sacct when the cluster has
+accounting, to know what is alive.
 
-submitit's `job.state` is not used: without accounting it stays UNKNOWN forever. Everything here
-is a plain subprocess call with a timeout; a scheduler that does not answer raises SchedulerError
-(the caller then changes nothing).
+submitit's `job.state` is not used: without accounting it stays UNKNOWN forever. Every scheduler
+call is a plain subprocess call with a timeout; a scheduler that does not answer raises
+SchedulerError (the caller then changes nothing).
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
 from dataclasses import dataclass
-from typing import Iterable
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from .backend import ArrayPlan, JobState, SchedulerError
+from .locks import DispatchError, job_name
 
 PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SUSPENDED",
            "SPECIAL_EXIT", "RESIZING", "SIGNALING", "STAGE_OUT"}
 RUNNING = {"RUNNING", "COMPLETING"}
-
-
-class SchedulerError(RuntimeError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -146,32 +148,115 @@ def sacct_by_name(names: Iterable[str]) -> dict[str, JobInfo]:
     return out
 
 
-def job_states(ids: Iterable[str]) -> tuple[dict[str, JobInfo], str]:
-    """What the scheduler knows about these job ids, and where it came from (squeue | squeue+sacct)."""
-    ids = list(ids)
-    live = squeue(ids=ids)
-    missing = [i for i in ids if i not in live]
-    source = "squeue"
-    if missing and has_sacct():
-        source = "squeue+sacct"
-        acct = sacct(missing)
-        for i in missing:
-            if i in acct:
-                live[i] = acct[i]
-    return live, source
-
-
-def find_by_name(names: Iterable[str]) -> dict[str, JobInfo]:
-    names = list(names)
-    found = squeue(names=names)
-    for jid, info in sacct_by_name(names).items():
-        found.setdefault(jid, info)
-    return found
-
-
 def scancel(ids: Iterable[str]) -> None:
     ids = sorted(set(ids))
     for i in range(0, len(ids), 500):
         r = _run(["scancel", *ids[i:i + 500]])
         if r.returncode != 0 and "Invalid job id" not in r.stderr and "already completing" not in r.stderr:
             raise SchedulerError(f"scancel failed: {r.stderr.strip()}")
+
+
+def _first_error(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return next((ln for ln in lines if "error" in ln.lower()), lines[0] if lines else type(e).__name__).strip()
+
+
+class SlurmBackend:
+    """Arrays of packed jobs through submitit; a job's runs are `PackedJob` (job.py)."""
+
+    name = "slurm"
+
+    def __init__(self, profile: Any = None) -> None:
+        self.profile = profile
+
+    def check(self) -> None:
+        if not available():
+            raise DispatchError(f"profile {self.profile.name!r} needs Slurm, but sbatch/squeue are not on PATH "
+                                "(use --profile local to run on this machine)")
+
+    def parameters(self, *, minutes: int, name: str, comment: str) -> dict[str, Any]:
+        pr = self.profile
+        p: dict[str, Any] = {
+            "job_name": name, "time": minutes, "comment": comment, "nodes": 1, "ntasks_per_node": 1,
+            "cpus_per_task": pr.cpus_per_task, "array_parallelism": pr.array_parallelism,
+            "signal_delay_s": pr.signal_delay_s, "stderr_to_stdout": True,
+        }
+        for k in ("partition", "account", "qos", "constraint"):
+            if getattr(pr, k):
+                p[k] = getattr(pr, k)
+        if pr.gpus_per_run:
+            p["gpus_per_node"] = pr.gpus_per_run
+        if pr.mem_gb:
+            p["mem"] = f"{int(math.ceil(pr.mem_gb * 1024))}MB"
+        if pr.setup:
+            p["setup"] = list(pr.setup)
+        p["additional_parameters"] = {k.replace("-", "_"): v for k, v in pr.sbatch.items()}
+        return p
+
+    def preview(self, arr: ArrayPlan, root: Path) -> Optional[str]:
+        import shlex
+        import sys
+
+        from submitit.slurm.slurm import _make_sbatch_string
+
+        folder = root / ".submitit" / arr.token
+        cmd = " ".join([sys.executable, "-u -m submitit.core._submit", shlex.quote(str(folder))])
+        kw = dict(arr.parameters, **({"map_count": len(arr.jobs)} if len(arr.jobs) > 1 else {}))
+        return _make_sbatch_string(command=cmd, folder=folder, **kw)
+
+    def submit(self, arr: ArrayPlan, root: Path) -> list[str]:
+        import submitit
+
+        from .backend import die_for_test
+        from .job import PackedJob
+
+        if os.environ.get("ISOFLOP_TEST_DIE_AFTER") == "job-created":
+            # the window a real crash can hit: sbatch made the job, submitit has not yet
+            # written the pickle the job waits for
+            from submitit.core import utils
+
+            utils.JobPaths.move_temporary_file = lambda *a, **k: die_for_test("job-created")
+        try:
+            ex = submitit.SlurmExecutor(folder=root / ".submitit" / arr.token, max_num_timeout=arr.requeues)
+            ex.update_parameters(**arr.parameters)
+            with ex.batch():
+                jobs = [ex.submit(PackedJob([str(root / r) for r in job.run_ids], self.profile.srun))
+                        for job in arr.jobs]
+        except Exception as e:  # sbatch refused (bad partition/account, limits) or not reachable
+            raise DispatchError(f"sbatch failed for {arr.name}: {_first_error(e)}") from None
+        return [j.job_id for j in jobs]
+
+    def job_states(self, ids: list[str]) -> tuple[dict[str, JobState], str]:
+        infos = squeue(ids=ids)
+        missing = [i for i in ids if i not in infos]
+        source = "squeue"
+        if missing and has_sacct():
+            source = "squeue+sacct"
+            acct = sacct(missing)
+            infos.update({i: acct[i] for i in missing if i in acct})
+        return {j: JobState(i.phase, i.state, i.node, i.exit_code) for j, i in infos.items()}, source
+
+    def adopt(self, sweep: str, token: str, tasks: list[int], root: Path) -> dict[int, str]:
+        name = job_name(sweep, token)
+        found = squeue(names=[name])
+        for jid, info in sacct_by_name([name]).items():
+            found.setdefault(jid, info)
+        # an array's tasks are <id>_<task>; a submission of one job is a plain <id> (task 0)
+        by_task = {int(j.partition("_")[2] or 0): j for j in found if j.partition("_")[2].isdigit() or "_" not in j}
+        folder = root / ".submitit" / token
+        out, unusable = {}, []
+        for t in tasks:
+            jid = by_task.get(t)
+            if jid is None:
+                continue
+            # without submitit's pickle the job waits for it and dies: it cannot run
+            if (folder / f"{jid}_submitted.pkl").is_file():
+                out[t] = jid
+            elif found[jid].phase != "ended":
+                unusable.append(jid)
+        if unusable:
+            scancel(unusable)
+        return out
+
+    def cancel(self, ids: list[str]) -> None:
+        scancel(ids)

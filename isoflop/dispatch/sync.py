@@ -26,6 +26,8 @@ from ..store.ingest import ingest_metrics, result_updates
 from ..store.models import ACTIVE_STATES, Attempt, Run, utcnow
 from ..store.sweeps import get_sweep
 from . import files as F
+from .backend import reconcile_intents, scheduler_view
+from .locks import try_lock
 from .evidence import gather
 from .state import AttemptState, ResultKind, RunState, decide
 
@@ -119,98 +121,12 @@ class SweepStatus:
 # ------------------------------------------------------------------ syncing
 
 
-def _try_submit_lock(workdir: str):
-    """The submit lock, if free (a submit in progress owns its `submitting` attempts)."""
-    from .submit import try_lock
-
-    return try_lock(workdir)
-
-
-def _scheduler_view(workdir: str, rows: list[Any], warnings: list[str]) -> tuple[dict[str, Any], set[str], str]:
-    """{job_id: (phase, STATE, node, exit_code)} for the active attempts' jobs; executors that
-    could not be asked (their attempts are left alone); a word naming the source."""
-    by_exec: dict[str, list[str]] = {}
-    for r in rows:
-        if r.job_id:
-            by_exec.setdefault(r.executor, []).append(r.job_id)
-    view: dict[str, Any] = {}
-    failed: set[str] = set()
-    sources = []
-    if by_exec.get("slurm"):
-        from . import slurm
-
-        try:
-            infos, src = slurm.job_states(by_exec["slurm"])
-            sources.append(src)
-            for jid, i in infos.items():
-                view[jid] = (i.phase, i.state, i.node, i.exit_code)
-        except slurm.SchedulerError as e:
-            failed.add("slurm")
-            warnings.append(f"scheduler not asked: {e}")
-    if by_exec.get("local"):
-        from . import local
-
-        sources.append("local")
-        for jid, d in local.job_states(workdir, by_exec["local"]).items():
-            view[jid] = (d["phase"], d["state"], d.get("node", ""), d.get("exit_code"))
-    return view, failed, "+".join(dict.fromkeys(sources)) or "none"
-
-
 def _log_tail(rdir: Path, attempt: int, workdir_runs: Path, token: Optional[str], job_id: Optional[str]) -> str:
     lines = F.tail(F.log_path(rdir, attempt), LOG_TAIL_LINES)
     if not lines and token and job_id:  # the job itself failed (e.g. could not start python)
         for p in sorted((workdir_runs / ".submitit" / token).glob(f"{job_id}_*_log.*")):
             lines += F.tail(p, LOG_TAIL_LINES // 2)
     return "\n".join(lines)
-
-
-def reconcile_intents(session: Session, sweep: Any, rows: list[Any], *, min_age_s: float = 5.0) -> list[str]:
-    """Attempts recorded as `submitting` whose submit died: adopt the job the scheduler has under
-    the submission's name, or mark the intent abandoned. The caller holds the submit lock."""
-    notes: list[str] = []
-    now = utcnow()
-    intents = [r for r in rows if r.state == "submitting" and not r.job_id
-               and (now - r.submitted_at).total_seconds() >= min_age_s]
-    if not intents:
-        return notes
-    from .submit import job_name
-
-    by_token: dict[str, list[Any]] = {}
-    for r in intents:
-        by_token.setdefault(r.token or "", []).append(r)
-    slurm_tokens = [t for t, rs in by_token.items() if t and rs[0].executor == "slurm"]
-    found: dict[str, list[str]] = {}
-    if slurm_tokens:
-        from . import slurm
-
-        names = {job_name(sweep.name, t): t for t in slurm_tokens}
-        for jid, info in slurm.find_by_name(names).items():
-            found.setdefault(names[info.name], []).append(jid)
-    for token, rs in by_token.items():
-        executor = rs[0].executor
-        for r in rs:
-            jid = None
-            if executor == "slurm":
-                ids = found.get(token, [])
-                # an array: <id>_<task>; a submission of one job is a plain <id>
-                cand = [j for j in ids if j.endswith(f"_{r.task}")] or ([j for j in ids if "_" not in j] if r.task == 0 else [])
-                jid = cand[0] if cand else None
-            elif executor == "local":
-                from . import local
-
-                lj = f"{token}_{r.task}"
-                jid = lj if local.job_exists(sweep.workdir, lj) else None
-            if jid:
-                session.execute(update(Attempt).where(Attempt.id == r.attempt_pk).values(job_id=jid, state="queued"))
-                session.execute(update(Run).where(Run.id == r.run_pk).values(state="queued", updated_at=now))
-                notes.append(f"adopted job {jid} for run {r.run_id} (its submit was interrupted after sbatch)")
-            else:
-                session.execute(update(Attempt).where(Attempt.id == r.attempt_pk).values(
-                    state="abandoned", ended_at=now,
-                    reason="submit interrupted before the job was created; nothing in the scheduler"))
-                session.execute(update(Run).where(Run.id == r.run_pk).values(state="planned", updated_at=now))
-                notes.append(f"abandoned the interrupted submission of run {r.run_id} (no job was created)")
-    return notes
 
 
 def _active_rows(session: Session, sweep_id: int) -> list[Any]:
@@ -241,7 +157,7 @@ def sync_active(engine: Engine, sweep_name: str, *, have_lock: bool = False) -> 
         if not rows:
             return 0, "none", warnings
         if any(r.state == "submitting" and not r.job_id for r in rows):
-            lock = None if have_lock else _try_submit_lock(sw.workdir)
+            lock = None if have_lock else try_lock(sw.workdir)
             if have_lock or lock is not None:
                 try:
                     warnings += reconcile_intents(s, sw, rows)
@@ -251,7 +167,7 @@ def sync_active(engine: Engine, sweep_name: str, *, have_lock: bool = False) -> 
                 s.flush()
                 rows = _active_rows(s, sw.id)
         workdir, runs_root = sw.workdir, F.runs_root(sw.workdir, sw.name)
-        view, unreachable, source = _scheduler_view(workdir, rows, warnings)
+        view, unreachable, source = scheduler_view(workdir, rows, warnings)
         now = utcnow()
         run_upd: dict[int, dict[str, Any]] = {}
         att_upd: dict[int, dict[str, Any]] = {}
