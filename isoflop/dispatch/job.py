@@ -52,8 +52,17 @@ def _now() -> str:
 
 
 def run_finished(rdir: str | Path) -> bool:
-    """A run whose result.json exists (completed or diverged) needs no more work."""
-    return (Path(rdir) / F.RESULT).is_file()
+    """A run whose result.json counts (valid or diverged) needs no more work. One that does not
+    (truncated, wrong types, another run's, stale) is moved aside with its reason, so the run
+    trains again instead of being skipped for ever."""
+    from ..schemas import check_result, set_aside_result
+    from .state import ResultKind
+
+    spec = F.read_json(Path(rdir) / F.RUN_JSON) or {}
+    check = check_result(Path(rdir) / F.RESULT, run_id=spec.get("run_id"), planned_steps=spec.get("steps"))
+    if check.kind in (ResultKind.INVALID, ResultKind.STALE):
+        set_aside_result(Path(rdir), int(spec.get("attempt") or 0), f"{F.RESULT}: {check.reason}")
+    return check.kind in (ResultKind.VALID, ResultKind.DIVERGED)
 
 
 class PackedJob(_Base):

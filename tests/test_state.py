@@ -1,0 +1,127 @@
+"""The run lifecycle's one decision, `decide(run_state, attempt_state, evidence)`: a table of every
+kind of evidence against every state an active attempt's run can be in, and properties over the
+whole evidence space."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from isoflop.dispatch.state import (
+    ATTEMPT_ACTIVE, AttemptState as A, Evidence, ResultKind as R, RunState as S, Scheduler as Q, decide,
+)
+from isoflop.store.models import ACTIVE_STATES, FINAL_STATES, RUN_STATES
+
+E = Evidence
+# (name, evidence, run state, attempt state, final, words the reason must hold); None: unchanged
+TABLE = [
+    ("valid result", E(R.VALID, scheduler=Q.RUNNING), S.COMPLETED, A.COMPLETED, True, None),
+    ("valid result, scheduler unreachable", E(R.VALID, scheduler=Q.UNREACHABLE), S.COMPLETED, A.COMPLETED, True, None),
+    ("valid result beats a failed report", E(R.VALID, reported=A.FAILED, reported_reason="exit 1", scheduler=Q.ENDED),
+     S.COMPLETED, A.COMPLETED, True, None),
+    ("non-finite loss (finding 6)", E(R.DIVERGED, "diverged at step 40 (val_loss nan)", scheduler=Q.ENDED,
+                                      sched_state="COMPLETED"), S.DIVERGED, A.DIVERGED, True, "step 40"),
+    ("invalid result (findings 2, 3)", E(R.INVALID, "/r/result.json: val_loss: not a number", scheduler=Q.ENDED,
+                                         sched_state="COMPLETED"), S.FAILED, A.FAILED, True, "result.json: val_loss"),
+    ("invalid result while the job runs", E(R.INVALID, "/r/result.json: not valid JSON", scheduler=Q.RUNNING,
+                                            reported=A.RUNNING), S.FAILED, A.FAILED, True, "not valid JSON"),
+    ("stale result (finding 10)", E(R.STALE, "its loss is from step 935 of 1025 planned", scheduler=Q.ENDED,
+                                    sched_state="COMPLETED"), S.FAILED, A.FAILED, True, "935 of 1025"),
+    ("stale result, scheduler unreachable", E(R.STALE, "step 1 of 2", scheduler=Q.UNREACHABLE),
+     S.FAILED, A.FAILED, True, "step 1 of 2"),
+    ("job reported failed", E(reported=A.FAILED, reported_reason="exit code 1: boom", scheduler=Q.RUNNING),
+     S.FAILED, A.FAILED, True, "boom"),
+    ("job reported cancelled", E(reported=A.CANCELLED, reported_reason="cancelled (isoflop cancel)",
+                                 scheduler=Q.UNREACHABLE), S.CANCELLED, A.CANCELLED, True, "isoflop cancel"),
+    ("job reported completed, result gone", E(reported=A.COMPLETED, scheduler=Q.ENDED, sched_state="COMPLETED"),
+     S.LOST, A.LOST, True, "result.json is missing"),
+    ("scheduler unreachable", E(scheduler=Q.UNREACHABLE, reported=A.RUNNING), None, None, False, None),
+    ("scheduler unreachable, no status file", E(scheduler=Q.UNREACHABLE), None, None, False, None),
+    ("pending", E(scheduler=Q.PENDING), S.QUEUED, A.QUEUED, False, None),
+    ("pending after a requeue", E(scheduler=Q.PENDING, reported=A.REQUEUED), S.QUEUED, A.QUEUED, False, None),
+    ("running, trainer started", E(scheduler=Q.RUNNING, reported=A.RUNNING), S.RUNNING, A.RUNNING, False, None),
+    ("running, trainer not started", E(scheduler=Q.RUNNING), S.QUEUED, A.QUEUED, False, None),
+    ("running, requeue in progress", E(scheduler=Q.RUNNING, reported=A.REQUEUED), S.QUEUED, A.QUEUED, False, None),
+    ("ended without a result", E(scheduler=Q.ENDED, sched_state="COMPLETED", job_id="7_1", last_step=120),
+     S.LOST, A.LOST, True, "job 7_1 ended (COMPLETED) without a result; last step 120"),
+    ("time limit, preempted", E(scheduler=Q.ENDED, sched_state="TIMEOUT", reported=A.PREEMPTED,
+                                reported_reason="stopped by SIGUSR1", job_id="8"),
+     S.LOST, A.LOST, True, "ended (TIMEOUT) without a result: stopped by SIGUSR1; no step logged"),
+    ("scancel", E(scheduler=Q.ENDED, sched_state="CANCELLED by 0", job_id="9"), S.CANCELLED, A.CANCELLED, True,
+     "job 9 was cancelled (CANCELLED by 0)"),
+    ("forgotten by the scheduler", E(scheduler=Q.UNKNOWN, job_id="10"), S.LOST, A.LOST, True,
+     "job 10 left the scheduler without a result"),
+    ("job gone, trainer alive (finding 4)", E(scheduler=Q.ENDED, sched_state="LOST", trainer_alive=True, job_id="11"),
+     S.RUNNING, A.RUNNING, False, "trainer still runs"),
+    ("job gone, trainer dead", E(scheduler=Q.UNKNOWN, trainer_alive=False, job_id="12"), S.LOST, A.LOST, True,
+     "left the scheduler"),
+]
+# every state a run can be in while one of its attempts is active (planned: revived by plan --force)
+LIVE = [(S.SUBMITTING, A.SUBMITTING), (S.QUEUED, A.QUEUED), (S.RUNNING, A.RUNNING), (S.QUEUED, A.RUNNING),
+        (S.PLANNED, A.QUEUED)]
+
+
+@pytest.mark.parametrize("run_state,attempt_state", LIVE + [(S.SUPERSEDED, A.QUEUED), (S.SUPERSEDED, A.RUNNING)])
+@pytest.mark.parametrize("name,ev,run_to,att_to,final,words", TABLE, ids=[t[0] for t in TABLE])
+def test_decide_table(run_state, attempt_state, name, ev, run_to, att_to, final, words):
+    t = decide(run_state.value, attempt_state.value, ev)
+    want_run = run_state if run_to is None else run_to
+    if run_state == S.SUPERSEDED:  # finding 1: the attempt ends, the run stays superseded
+        want_run = S.SUPERSEDED
+    assert t.run_state == want_run, name
+    assert t.attempt_state == (attempt_state if att_to is None else att_to), name
+    assert t.final is final, name
+    if words:
+        assert words in (t.reason or ""), (name, t.reason)
+
+
+def test_vocabulary_is_one():
+    assert RUN_STATES == tuple(s.value for s in S)
+    assert set(ACTIVE_STATES) | set(FINAL_STATES) | {"planned", "superseded"} == set(RUN_STATES)
+    assert not set(ACTIVE_STATES) & set(FINAL_STATES)
+    # the words that used to float around have one home each
+    assert {"requeued", "preempted", "abandoned"} <= {a.value for a in A}
+    assert "not_best" not in RUN_STATES and "superseded" in RUN_STATES
+
+
+evidence = st.builds(
+    Evidence, result=st.sampled_from(R), result_reason=st.none() | st.text(max_size=20),
+    reported=st.none() | st.sampled_from(A), reported_reason=st.none() | st.text(max_size=20),
+    scheduler=st.sampled_from(Q), sched_state=st.sampled_from(["", "COMPLETED", "FAILED", "CANCELLED by 0",
+                                                                "TIMEOUT", "NODE_FAIL", "LOST"]),
+    job_id=st.text(max_size=8), trainer_alive=st.none() | st.booleans(), last_step=st.none() | st.integers(0, 10**6),
+)
+run_states = st.sampled_from(list(S))
+attempt_states = st.sampled_from(list(ATTEMPT_ACTIVE))
+
+
+@given(run_states, attempt_states, evidence)
+def test_superseded_never_leaves_superseded(rs, at, ev):
+    t = decide(rs.value, at.value, ev)
+    assert (t.run_state == S.SUPERSEDED) == (rs == S.SUPERSEDED)
+
+
+@given(run_states.filter(lambda s: s != S.SUPERSEDED), attempt_states, evidence)
+def test_a_valid_result_always_wins(rs, at, ev):
+    t = decide(rs.value, at.value, Evidence(**{**ev.__dict__, "result": R.VALID}))
+    assert (t.run_state, t.attempt_state, t.final) == (S.COMPLETED, A.COMPLETED, True)
+
+
+@given(run_states, attempt_states, evidence)
+def test_unreachable_scheduler_never_changes_state(rs, at, ev):
+    ev = Evidence(**{**ev.__dict__, "scheduler": Q.UNREACHABLE, "result": R.ABSENT})
+    t = decide(rs.value, at.value, ev)
+    if ev.reported in (A.FAILED, A.CANCELLED, A.COMPLETED, A.DIVERGED):
+        assert t.final  # the job's own final word needs no scheduler
+    else:
+        assert (t.run_state, t.attempt_state, t.final) == (rs, at, False)
+
+
+@given(run_states, attempt_states, evidence)
+def test_transitions_are_consistent(rs, at, ev):
+    t = decide(rs.value, at.value, ev)
+    assert t.final == (t.attempt_state.value in FINAL_STATES)
+    if t.run_state != S.SUPERSEDED and t.final:
+        assert t.run_state.value == t.attempt_state.value and t.reason or t.run_state == S.COMPLETED
+    if ev.result in (R.INVALID, R.STALE, R.DIVERGED):  # a result that does not count is never fitted
+        assert t.run_state in (S.FAILED, S.DIVERGED, S.SUPERSEDED) and t.final
