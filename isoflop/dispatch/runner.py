@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 from ..atomic import write_json_atomic
+from pydantic import ValidationError
+
+from ..schemas import RunFile
 from .command import (
     LOG_PREFIX, RUN_JSON, CommandTemplate, Outcome, ProgressPump, collect_result, job_environment,
     load_template, paths_for, render_command, render_cwd,
@@ -49,6 +52,11 @@ def read_run_json(run_dir: Path) -> dict:
         raise ValueError(f"{p}: unreadable: {e}") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{p}: must hold a JSON object")
+    try:
+        RunFile.model_validate(obj)
+    except ValidationError as e:  # one line, naming the field
+        err = e.errors()[0]
+        raise ValueError(f"{p}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
     return obj
 
 

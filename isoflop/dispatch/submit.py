@@ -134,13 +134,9 @@ def _arrays(jobs: list[JobPlan], profile: Profile, sweep: str, backend: Backend)
 
 
 def run_json(run: Any, sweep: str, attempt: int, lr_scale: float) -> dict[str, Any]:
-    d = dict(run.definition)
-    d.update(
-        run_id=run.run_id, sweep=sweep, attempt=attempt, lr_scale=lr_scale,
-        planned={k: getattr(run, k) for k in ("flops", "flops_6nd", "flops_6nd_attention", "flops_exact",
-                                              "params_non_embedding", "params_with_output", "params_all")},
-    )
-    return d
+    from ..schemas import RunFile
+
+    return RunFile.of_run(run, sweep, attempt, lr_scale).to_json()
 
 
 # ------------------------------------------------------------------ submit
