@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-from ..atomic import write_json_atomic
 from pydantic import ValidationError
 
+from ..atomic import write_json_atomic
 from ..schemas import RunFile
 from .command import (
     LOG_PREFIX, RUN_JSON, CommandTemplate, Outcome, ProgressPump, collect_result, job_environment,

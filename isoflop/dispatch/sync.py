@@ -27,8 +27,8 @@ from ..store.models import ACTIVE_STATES, Attempt, Run, utcnow
 from ..store.sweeps import get_sweep
 from . import files as F
 from .backend import reconcile_intents, scheduler_view
-from .locks import try_lock
 from .evidence import gather
+from .locks import try_lock
 from .state import AttemptState, ResultKind, RunState, decide
 
 LOG_TAIL_LINES = 12
