@@ -14,10 +14,11 @@ from sqlalchemy.orm import Session
 from ..store.models import ACTIVE_STATES, Attempt, Metric, Run, utcnow
 from ..store.sweeps import get_sweep
 from . import files as F
+from .state import AttemptState, RunState
 from .backend import backend_for
 from .locks import DispatchError, lock_or_refuse
 
-RETRYABLE = ("failed", "diverged", "lost", "cancelled")
+RETRYABLE = tuple(s.value for s in (RunState.FAILED, RunState.DIVERGED, RunState.LOST, RunState.CANCELLED))
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def cancel_sweep(engine: Engine, sweep_name: str, *, budget: Optional[float] = N
             sw = get_sweep(s, sweep_name)
             root = F.runs_root(sw.workdir, sw.name)
             runs = list(s.scalars(select(Run).where(Run.sweep_id == sw.id,
-                                                    Run.state.in_(("planned", "lost", "failed") + ACTIVE_STATES))))
+                                                    Run.state.in_((RunState.PLANNED, RunState.LOST, RunState.FAILED) + ACTIVE_STATES))))
             chosen = _match(runs, budget, run_ids)
             if not chosen:
                 return CancelResult(sweep_name, (), (), ())
@@ -92,9 +93,9 @@ def cancel_sweep(engine: Engine, sweep_name: str, *, budget: Optional[float] = N
                 backend_for(executor, workdir=workdir).cancel(ids)
             for a in active:
                 if a.run_pk in pks:
-                    a.state, a.ended_at, a.reason = "cancelled", now, "isoflop cancel"
+                    a.state, a.ended_at, a.reason = AttemptState.CANCELLED.value, now, "isoflop cancel"
             for r in chosen:
-                r.state, r.reason, r.updated_at = "cancelled", f"cancelled by isoflop cancel (was {r.state})", now
+                r.state, r.reason, r.updated_at = RunState.CANCELLED.value, f"cancelled by isoflop cancel (was {r.state})", now
             return CancelResult(sweep_name, tuple(r.run_id for r in chosen),
                                 tuple(j for js in kill.values() for j in js), tuple(marked))
 
@@ -137,7 +138,7 @@ def retry_sweep(engine: Engine, sweep_name: str, *, states: Iterable[str] = ("fa
             runs = _match(list(s.scalars(select(Run).where(Run.sweep_id == sw.id, Run.state.in_(states)))),
                           budget, run_ids)
             counts = dict(s.execute(select(Attempt.run_pk, func.count()).where(
-                Attempt.run_pk.in_([r.id for r in runs]), Attempt.state != "abandoned").group_by(Attempt.run_pk)).all())
+                Attempt.run_pk.in_([r.id for r in runs]), Attempt.state != AttemptState.ABANDONED).group_by(Attempt.run_pk)).all())
             numbers = dict(s.execute(select(Attempt.run_pk, func.max(Attempt.number)).where(
                 Attempt.run_pk.in_([r.id for r in runs])).group_by(Attempt.run_pk)).all())
             moved = []
@@ -145,7 +146,7 @@ def retry_sweep(engine: Engine, sweep_name: str, *, states: Iterable[str] = ("fa
             for r in runs:
                 rdir = root / r.run_id
                 was = f"{r.state}" + (f": {r.reason}" if r.reason else "")
-                fresh = r.state == "diverged" or lr_scale is not None
+                fresh = r.state == RunState.DIVERGED or lr_scale is not None
                 if fresh:
                     if _move_aside(rdir, numbers.get(r.id) or 0):
                         moved.append(r.run_id)
@@ -159,5 +160,5 @@ def retry_sweep(engine: Engine, sweep_name: str, *, states: Iterable[str] = ("fa
                     (rdir / F.CANCEL).unlink()
                 r.attempt_base = counts.get(r.id, 0)
                 scale = f" with lr_scale {r.lr_scale:g}" if (r.lr_scale or 1.0) != 1.0 else ""
-                r.state, r.reason, r.updated_at = "planned", f"retry{scale} (was {was})", now
+                r.state, r.reason, r.updated_at = RunState.PLANNED.value, f"retry{scale} (was {was})", now
             return RetryResult(sweep_name, tuple(r.run_id for r in runs), tuple(moved), lr_scale)

@@ -2,9 +2,9 @@
 
 `sync_sweep(engine, name)` asks the scheduler which of the sweep's active attempts are alive
 (squeue; sacct when the cluster has accounting; the local pool's state files), ingests each
-active run's metrics.jsonl (incrementally) and result.json, decides each run's state, and
-returns a `SweepStatus`. Files decide results; the scheduler only says what is alive. A job
-that left the scheduler without a result makes its run `lost` (or `cancelled`).
+active run's metrics.jsonl (incrementally), gathers the evidence about each active attempt
+(evidence.py), applies what `state.decide` makes of it, and returns a `SweepStatus`. Files decide
+results; the scheduler only says what is alive.
 
 Fast path: with no active attempt it neither calls the scheduler nor touches a file; all reads
 are bulk queries over columns (no ORM objects), and neither torch nor submitit is imported.

@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from ..dispatch.state import NOT_BEST, RunState
 from .models import Metric, Run, Sweep
 from .sweeps import get_sweep
 
@@ -16,27 +17,29 @@ PARAM_COLUMN = {"non_embedding": "params_non_embedding", "with_output": "params_
 
 def fit_rows(session: Session, sweep: Sweep) -> list[dict[str, Any]]:
     """Rows for fit.FitTable.from_rows: every live run, its final validation loss and state.
+    Only `completed` runs carry a loss that counts; a superseded run is never a row (its results
+    stay in the store and its folder, under the spec it ran with).
 
     Where a spec tries each (budget, size, seed) cell at several (lr, batch), only the
     cell's best completed run enters the fit; the others are reported as such."""
     runs = session.scalars(
-        select(Run).where(Run.sweep_id == sweep.id, Run.state != "superseded").order_by(Run.budget, Run.point)
+        select(Run).where(Run.sweep_id == sweep.id, Run.state != RunState.SUPERSEDED).order_by(Run.budget, Run.point)
     ).all()
     best: dict[tuple, Run] = {}
     for r in runs:
-        if r.state == "completed" and r.val_loss is not None:
+        if r.state == RunState.COMPLETED and r.val_loss is not None:
             key = (r.budget, r.point, r.seed)
             if key not in best or r.val_loss < best[key].val_loss:
                 best[key] = r
     rows = []
     for r in runs:
         state, reason = r.state, r.reason
-        if state == "completed":
+        if state == RunState.COMPLETED:
             b = best.get((r.budget, r.point, r.seed))
             if b is not None and b is not r:
-                state = "not_best"
+                state = NOT_BEST
                 reason = f"lr x{r.lr_mult:g}, batch x{r.batch_mult:g} lost to lr x{b.lr_mult:g}, batch x{b.batch_mult:g}"
-        elif state == "diverged" and r.diverged_step is not None:
+        elif state == RunState.DIVERGED and r.diverged_step is not None:
             reason = reason or f"diverged at step {r.diverged_step}"
         rows.append({
             "run_id": r.run_id, "budget": r.budget, "params": r.params, "tokens": r.tokens, "flops": r.flops,
@@ -50,7 +53,7 @@ def fit_curves(session: Session, sweep: Sweep) -> list[dict[str, Any]]:
     rows = session.execute(
         select(Run.id, Run.run_id, Run.params, Metric.flops, Metric.train_loss)
         .join(Metric, Metric.run_pk == Run.id)
-        .where(Run.sweep_id == sweep.id, Run.state == "completed")
+        .where(Run.sweep_id == sweep.id, Run.state == RunState.COMPLETED)
         .order_by(Run.id, Metric.step)
     ).all()
     curves: dict[int, dict[str, Any]] = defaultdict(lambda: {"flops": [], "loss": []})
