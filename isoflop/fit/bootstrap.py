@@ -1,34 +1,34 @@
-"""Bootstrap of the whole approach-2 pipeline: resample runs, refit parabolas and frontier.
+"""Seed-noise bootstrap of the whole approach-2 pipeline: perturb losses, refit minima and frontier.
 
-Each resample draws, within every budget, as many runs as it has, with
-replacement (seeded `numpy.random.default_rng(seed)`), and refits what the
-main fit did: the window around the lowest resampled loss, the parabola (or
-the Akima minimum), and then the frontier power laws through the resampled
-optima.
+A sweep has one run per size and budget, or a few seeds: resampling runs
+within a budget cannot see the noise of a run's final loss (a resample of
+one run per size only drops and repeats sizes). As Porian et al. (2024) do,
+each resample instead draws new losses from a noise model: every run's loss
+plus Gaussian noise of the sweep's seed noise σ (`noise.py`: from repeated
+seeds where present, else from neighbour residuals). Per size the mean of
+k runs gets σ/√k. σ itself is uncertain (estimated from a few dozen
+residuals), so each resample draws its own σ* = σ·√(dof/χ²_dof), the same
+for every budget of that resample. Each resample refits what the main fit
+did: the minimiser per budget (Akima spline minimum, or the parabola on the
+window around the lowest resampled mean) and the frontier through the
+resampled optima.
+
+No resample is dropped for where its minimum lands (dropping those at the
+grid edge made intervals lopsided): an Akima minimum always lies inside the
+sampled sizes; a parabola vertex outside them is clipped to the end it
+passed (counted as `vertex_out_of_range`), and a non-convex resample takes
+the size of its lowest mean (counted as `not_convex`). The counts say how
+often the edge was hit; an interval that reaches the edge of the sampled
+sizes is a bound, not a measurement.
 
 D_opt per resample comes from the budget's tokens relation ln D = u + v·ln N
 (see `isoflop.py`), fitted once on the full data: a run's D is a
-deterministic function of its N under the sweep's FLOP convention, not a
-noisy measurement, so resampling it would only add the error of the
-relation's fit. ln D_opt = u + v·ln N_opt of each resample; the tokens
-frontier (exponent b, coefficient) is refitted per resample from these, like
-the params frontier. On 6ND data v = −1, u = ln(C/6), and b = 1 − a in every
-resample.
+deterministic function of its N under the sweep's FLOP convention.
 
-Vectorised: a resample is a vector of counts per run, so a weighted parabola
-is a 3×3 system built from count-weighted moments Σw·u^k (k ≤ 4), Σw·u^k·y;
-all resamples of one budget are solved at once (`np.linalg.solve` on a
-stack), and the frontier lines of all resamples at once from weighted sums.
-The Python loop runs over budgets only. (Akima minima are computed per
-resample in a loop: slower, about 0.2 ms per budget and resample.)
-
-Degenerate resamples are explicit: a budget whose resample has fewer than 3
-distinct sizes in its window, a non-convex parabola, or (unless
-`allow_out_of_range`) an unbracketed minimum (vertex outside the resample's
-sampled range, or its lowest mean loss at an end of its sizes), is left
-out of that resample's frontier and counted by reason per budget. A resample
-left with fewer than 2 budgets gives no frontier; it is counted in
-`dropped` and the intervals use the rest.
+Vectorised: all resamples of one budget at once (the parabola as a stack
+of 3×3 systems from weighted moments; the Akima minimum in closed form per
+cubic piece, `akima.py`), the frontier lines and the loss law of all
+resamples at once. The Python loop runs over budgets only.
 """
 from __future__ import annotations
 
@@ -38,10 +38,11 @@ from typing import Sequence
 
 import numpy as np
 
+from .akima import akima_minimum
 from .frontier import batched_line_fit
 from .isoflop import NOT_CONVEX, TOO_FEW_POINTS, VERTEX_OUT_OF_RANGE
-
-AKIMA_BOOT_GRID = 2_001
+from .losslaw import fit_loss_laws
+from .noise import size_groups, size_means
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,11 +53,12 @@ class BootstrapVertices:
     log_n: np.ndarray            # (R, G)
     loss: np.ndarray             # (R, G)
     valid: np.ndarray            # (R, G) bool
-    degenerate: tuple[dict[str, int], ...]   # per budget: reason -> count of resamples
+    degenerate: tuple[dict[str, int], ...]   # per budget: reason -> count of resamples (kept, see module doc)
     n_resamples: int
     seed: int
     log_d: np.ndarray = None     # (R, G): u + v·ln N_opt of the budget's tokens relation  # type: ignore[assignment]
     tokens_relations: np.ndarray = None   # (G, 2): (u, v) per budget  # type: ignore[assignment]
+    sigma: float = math.nan      # the noise model's σ per run
 
     def __post_init__(self) -> None:
         if self.tokens_relations is None:   # D = C/(6N)
@@ -79,128 +81,97 @@ class FrontierSamples:
     dropped: int
     slope_d: np.ndarray      # tokens frontier ln D_opt = icpt_d + slope_d·ln C (b); 1 − slope_n on 6ND data
     icpt_d: np.ndarray
+    loss_E: np.ndarray = None      # loss law L_opt = E + k·(C/C0)^−γ per resample (NaN with < 3 budgets)  # type: ignore[assignment]
+    loss_k: np.ndarray = None      # type: ignore[assignment]
+    loss_gamma: np.ndarray = None  # type: ignore[assignment]
+    loss_c0: float = math.nan
 
 
-def _resample_counts(rng: np.random.Generator, n: int, r: int) -> np.ndarray:
-    idx = rng.integers(0, n, size=(r, n))
-    flat = idx + (np.arange(r) * n)[:, None]
-    return np.bincount(flat.ravel(), minlength=r * n).reshape(r, n).astype(float)
-
-
-def _parabola_budget(x: np.ndarray, y: np.ndarray, counts: np.ndarray, window: int | None,
-                     allow_out_of_range: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
-    r = counts.shape[0]
-    ux, starts, size_index = np.unique(x, return_index=True, return_inverse=True)
-    s = len(ux)
-    size_counts = np.add.reduceat(counts, starts, axis=1)          # (R, S)
-    present = size_counts > 0
-    rank = np.cumsum(present, axis=1) - 1
-    n_present = present.sum(1)
+def _parabola_budget(ux: np.ndarray, k: np.ndarray, ys: np.ndarray, window: int | None
+                     ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Vertex per row of size means ys (R, S) with k runs per size (weights)."""
+    r, s = ys.shape
     rows = np.arange(r)
-    j = np.argmin(np.where(counts > 0, y[None, :], np.inf), axis=1)
-    r_star = rank[rows, size_index[j]]
-    if window is None:
+    j = np.argmin(ys, axis=1)
+    if window is None or s <= window:
         lo = np.zeros(r, dtype=int)
-        hi = n_present
+        hi = np.full(r, s)
     else:
-        lo = np.clip(r_star - (window - 1) // 2, 0, np.maximum(n_present - window, 0))
+        lo = np.clip(j - (window - 1) // 2, 0, s - window)
         hi = lo + window
-    in_win = present & (rank >= lo[:, None]) & (rank < hi[:, None])   # (R, S)
-    n_win = in_win.sum(1)
-    w = counts * in_win[:, size_index]
+    pos = np.arange(s)[None, :]
+    w = k[None, :] * ((pos >= lo[:, None]) & (pos < hi[:, None]))      # (R, S)
     x0 = ux.mean()
-    u = x - x0
-    upow = np.stack([np.ones_like(u), u, u * u, u ** 3, u ** 4], axis=1)   # (n, 5)
+    u = ux - x0
+    upow = np.stack([np.ones_like(u), u, u * u, u ** 3, u ** 4], axis=1)   # (S, 5)
     m = w @ upow                                                            # (R, 5)
-    t = w @ (upow[:, :3] * y[:, None])                                      # (R, 3)
+    t = (w * ys) @ upow[:, :3]                                              # (R, 3)
     a_mat = np.stack([np.stack([m[:, 4], m[:, 3], m[:, 2]], -1),
                       np.stack([m[:, 3], m[:, 2], m[:, 1]], -1),
                       np.stack([m[:, 2], m[:, 1], m[:, 0]], -1)], axis=1)   # (R, 3, 3)
     rhs = np.stack([t[:, 2], t[:, 1], t[:, 0]], -1)
-    few = n_win < 3
-    a_mat[few] = np.eye(3)
-    rhs[few] = 0.0
-    try:
-        coef = np.linalg.solve(a_mat, rhs[..., None])[..., 0]
-    except np.linalg.LinAlgError:  # pragma: no cover - exact singularity despite >= 3 sizes
-        coef = np.stack([np.linalg.lstsq(a_mat[i], rhs[i], rcond=None)[0] for i in range(r)])
+    coef = np.linalg.solve(a_mat, rhs[..., None])[..., 0]
     a, b, c = coef[:, 0], coef[:, 1], coef[:, 2]
-    convex = (a > 0) & ~few
+    convex = a > 0
     with np.errstate(divide="ignore", invalid="ignore"):
-        u_star = np.where(convex, -b / (2 * a), np.nan)
-        l_star = np.where(convex, c - b * b / (4 * a), np.nan)
-    x_star = x0 + u_star
-    first = np.argmax(present, axis=1)
-    last = s - 1 - np.argmax(present[:, ::-1], axis=1)
-    # the lowest resampled mean loss per size must not sit at an end of the present sizes
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = np.add.reduceat(counts * y[None, :], starts, axis=1) / size_counts
-    k_low = np.argmin(np.where(present, means, np.inf), axis=1)
-    inside = (x_star >= ux[first]) & (x_star <= ux[last]) & (k_low != first) & (k_low != last)
-    valid = convex & np.isfinite(x_star) & (inside | allow_out_of_range)
-    deg = {TOO_FEW_POINTS: int(few.sum()), NOT_CONVEX: int((~few & ~convex).sum()),
-           VERTEX_OUT_OF_RANGE: int((convex & ~inside).sum()) if not allow_out_of_range else 0}
-    return x_star, l_star, valid, deg
+        u_star = np.where(convex, -b / (2 * a), u[j])
+    u_clip = np.clip(u_star, u[0], u[-1])
+    out = convex & (u_clip != u_star)
+    l_star = np.where(convex, a * u_clip ** 2 + b * u_clip + c, ys[rows, j])
+    return x0 + u_clip, l_star, {NOT_CONVEX: int((~convex).sum()), VERTEX_OUT_OF_RANGE: int(out.sum())}
 
 
-def _akima_budget(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
-    from scipy.interpolate import Akima1DInterpolator
-
-    r = counts.shape[0]
-    ux, starts, _ = np.unique(x, return_index=True, return_inverse=True)
-    size_counts = np.add.reduceat(counts, starts, axis=1)
-    size_sums = np.add.reduceat(counts * y[None, :], starts, axis=1)
-    x_star = np.full(r, np.nan)
-    l_star = np.full(r, np.nan)
-    valid = np.zeros(r, dtype=bool)
-    few = edge = 0
-    for i in range(r):
-        p = size_counts[i] > 0
-        if p.sum() < 3:
-            few += 1
-            continue
-        xs = ux[p]
-        spline = Akima1DInterpolator(xs, size_sums[i, p] / size_counts[i, p])
-        grid = np.linspace(xs[0], xs[-1], AKIMA_BOOT_GRID)
-        vals = spline(grid)
-        k = int(np.argmin(vals))
-        x_star[i], l_star[i] = grid[k], vals[k]
-        k_low = int(np.argmin(size_sums[i, p] / size_counts[i, p]))
-        if k in (0, AKIMA_BOOT_GRID - 1) or k_low in (0, len(xs) - 1):
-            edge += 1
-            continue
-        valid[i] = True
-    return x_star, l_star, valid, {TOO_FEW_POINTS: few, NOT_CONVEX: 0, VERTEX_OUT_OF_RANGE: edge}
+def noise_draws(rng: np.random.Generator, r: int, sigma: float, dof: int | None) -> np.ndarray:
+    """σ* per resample: σ·√(dof/χ²_dof) (σ's own uncertainty), or σ when dof is None."""
+    if dof is None or dof < 1:
+        return np.full(r, float(sigma))
+    return float(sigma) * np.sqrt(dof / rng.chisquare(dof, size=r))
 
 
 def bootstrap_vertices(groups: Sequence[tuple[float, np.ndarray, np.ndarray]], *, window: int | None,
-                       minimizer: str = "parabola", n_resamples: int = 1000, seed: int = 0,
+                       minimizer: str = "akima", n_resamples: int = 1000, seed: int = 0,
                        allow_out_of_range: bool = False,
-                       tokens_relations: Sequence[tuple[float, float] | None] | None = None) -> BootstrapVertices:
-    """Resampled optima of each budget. groups: (budget, params, loss) of usable runs.
+                       tokens_relations: Sequence[tuple[float, float] | None] | None = None,
+                       sigma: float = math.nan, sigma_dof: int | None = None) -> BootstrapVertices:
+    """Resampled optima of each budget. groups: (budget, params, loss) of the runs the fit used.
 
+    sigma: noise per run (NaN or 0: no noise, every resample equals the data).
+    sigma_dof: degrees of freedom behind sigma (None: sigma taken as exact).
+    allow_out_of_range is accepted for compatibility: no resample is dropped
+    for its position any more (see the module docstring).
     tokens_relations: per budget, (u, v) of ln D = u + v·ln N fitted on the
-    full data (`isoflop.tokens_relation`, `IsoflopFit.tokens_relation`);
-    None (or a None entry): D = C/(6N).
+    full data; None (or a None entry): D = C/(6N).
     """
+    del allow_out_of_range
     rng = np.random.default_rng(seed)
     r = int(n_resamples)
     g = len(groups)
+    sig = noise_draws(rng, r, sigma if np.isfinite(sigma) else 0.0, sigma_dof)
     log_n = np.full((r, g), np.nan)
     loss = np.full((r, g), np.nan)
     valid = np.zeros((r, g), dtype=bool)
     degenerate = []
-    for k, (_, params, y) in enumerate(groups):
+    for col, (_, params, y) in enumerate(groups):
         x = np.log(np.asarray(params, dtype=float))
         y = np.asarray(y, dtype=float)
         order = np.argsort(x, kind="stable")
         x, y = x[order], y[order]
-        counts = _resample_counts(rng, len(x), r)
+        idx, ux = size_groups(x)
+        means, k = size_means(idx, y, len(ux))
+        if len(ux) < 3:
+            degenerate.append({TOO_FEW_POINTS: r, NOT_CONVEX: 0, VERTEX_OUT_OF_RANGE: 0})
+            continue
+        ys = means[None, :] + sig[:, None] * rng.standard_normal((r, len(ux))) / np.sqrt(k)[None, :]
+        low = np.argmin(ys, axis=1)
+        at_edge = int(((low == 0) | (low == len(ux) - 1)).sum())
         if minimizer == "akima":
-            xs, ls, ok, deg = _akima_budget(x, y, counts)
+            xs, ls = akima_minimum(ux, ys)
+            deg = {TOO_FEW_POINTS: 0, NOT_CONVEX: 0, VERTEX_OUT_OF_RANGE: at_edge}
         else:
-            xs, ls, ok, deg = _parabola_budget(x, y, counts, window, allow_out_of_range)
-        log_n[:, k], loss[:, k], valid[:, k] = xs, ls, ok
+            xs, ls, deg = _parabola_budget(ux, k, ys, window)
+            deg = {TOO_FEW_POINTS: 0, **deg}
+            deg[VERTEX_OUT_OF_RANGE] = max(deg[VERTEX_OUT_OF_RANGE], at_edge)
+        log_n[:, col], loss[:, col], valid[:, col] = xs, ls, True
         degenerate.append(deg)
     budgets = np.array([c for c, _, _ in groups], dtype=float)
     rels = [None] * g if tokens_relations is None else list(tokens_relations)
@@ -210,7 +181,8 @@ def bootstrap_vertices(groups: Sequence[tuple[float, np.ndarray, np.ndarray]], *
                     for c, t in zip(budgets, rels)], dtype=float).reshape(g, 2)
     log_d = rel[None, :, 0] + rel[None, :, 1] * log_n
     return BootstrapVertices(budgets=budgets, log_n=log_n, loss=loss, valid=valid, degenerate=tuple(degenerate),
-                             n_resamples=r, seed=seed, log_d=log_d, tokens_relations=rel)
+                             n_resamples=r, seed=seed, log_d=log_d, tokens_relations=rel,
+                             sigma=float(sigma) if np.isfinite(sigma) else math.nan)
 
 
 def frontier_samples(bv: BootstrapVertices, columns: np.ndarray | None = None) -> FrontierSamples:
@@ -224,9 +196,11 @@ def frontier_samples(bv: BootstrapVertices, columns: np.ndarray | None = None) -
     slope_n, icpt_n = batched_line_fit(lc, np.where(mask, bv.log_n[:, cols], 0.0), mask)
     slope_d, icpt_d = batched_line_fit(lc, np.where(mask, bv.log_d[:, cols], 0.0), mask)
     slope_l, icpt_l = batched_line_fit(lc, np.where(mask, log_l, 0.0), mask)
-    ok = np.isfinite(slope_n) & np.isfinite(slope_d) & np.isfinite(slope_l)
+    ok = np.isfinite(slope_n) & np.isfinite(slope_d)
+    le, lk, lg, c0 = fit_loss_laws(lc, np.where(bv.valid[:, cols], bv.loss[:, cols], np.nan))
     return FrontierSamples(slope_n=slope_n, icpt_n=icpt_n, slope_l=slope_l, icpt_l=icpt_l, ok=ok,
-                           dropped=int((~ok).sum()), slope_d=slope_d, icpt_d=icpt_d)
+                           dropped=int((~ok).sum()), slope_d=slope_d, icpt_d=icpt_d,
+                           loss_E=le, loss_k=lk, loss_gamma=lg, loss_c0=c0)
 
 
 def interval(samples: np.ndarray, lo: float = 5.0, hi: float = 95.0) -> tuple[float, float, float] | None:

@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from .isoflop import IsoflopFit
+from .losslaw import LossLaw
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,9 @@ class PowerLaw:
 class Frontier:
     params: PowerLaw    # N_opt(C)
     tokens: PowerLaw    # D_opt(C)
-    loss: PowerLaw      # L_opt(C)
+    loss: PowerLaw      # L_opt(C) as a pure power law (kept for comparison; no irreducible term)
     budgets: tuple[float, ...]   # budgets used
+    loss_law: LossLaw | None = None   # L_opt(C) = E + k·C^−γ (≥ 3 budgets): what predictions use
 
 
 def line_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:

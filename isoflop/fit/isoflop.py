@@ -10,9 +10,13 @@ of the profile is found by
   N_opt = e^x*, L_opt = the parabola at x*. A parabola through every point of
   a wide sweep is biased (the profile is not symmetric in ln N far from the
   minimum); the window is the default for that reason.
-- `minimizer="akima"` (Porian et al. 2024): an Akima spline through the mean
-  loss of each sampled size (every size, no window), minimised on a grid of
-  10,001 points over the sampled range.
+- `minimizer="akima"` (Porian et al. 2024; the default of `fit_sweep`, chosen
+  by measurement on their 15 configurations, see README): an Akima spline
+  through the mean loss of each sampled size (every size, no window),
+  minimised exactly per cubic piece (`akima.py`) inside the sampled range.
+
+Sizes closer than 2% in N are one size (`noise.size_groups`): near-duplicate
+sizes would shrink a window to a sliver or make a spline overshoot.
 
 D_opt is taken under the sweep's FLOP convention, from the budget's own
 runs: each run carries its (N, D) pair, and within one budget ln D is a
@@ -36,6 +40,10 @@ out of the frontier):
   the smallest or largest sampled size (a monotone profile: the true optimum
   may lie outside even when a fitted vertex lands just inside). `in_range`
   is False. For Akima, also when the grid minimum sits on an end of the range.
+- ``loss_out_of_range``: L_opt below the lowest mean loss of a size by more
+  than 3 noise standard errors (or above the highest): a spline overshoot
+  between near sizes (−685 on Epoch's points at 6e19), never a minimum.
+  Never enters a frontier, even with keep_flagged.
 - ``vertex_near_edge``: N_opt within one grid step (the median spacing of
   the budget's sampled ln N) of the smallest or largest sampled N.
 """
@@ -51,11 +59,11 @@ TOO_FEW_POINTS = "too_few_points"
 NOT_CONVEX = "not_convex"
 VERTEX_OUT_OF_RANGE = "vertex_out_of_range"
 VERTEX_NEAR_EDGE = "vertex_near_edge"
-FLAGS = (TOO_FEW_POINTS, NOT_CONVEX, VERTEX_OUT_OF_RANGE, VERTEX_NEAR_EDGE)
-#: flags whose budgets have no vertex at all; never used, even with keep_flagged
-FATAL_FLAGS = frozenset({TOO_FEW_POINTS, NOT_CONVEX})
+LOSS_OUT_OF_RANGE = "loss_out_of_range"
+FLAGS = (TOO_FEW_POINTS, NOT_CONVEX, VERTEX_OUT_OF_RANGE, LOSS_OUT_OF_RANGE, VERTEX_NEAR_EDGE)
+#: flags whose budgets have no usable vertex; never used, even with keep_flagged
+FATAL_FLAGS = frozenset({TOO_FEW_POINTS, NOT_CONVEX, LOSS_OUT_OF_RANGE})
 MINIMIZERS = ("parabola", "akima")
-AKIMA_GRID = 10_001
 
 
 @dataclass(frozen=True)
@@ -168,51 +176,61 @@ def _d_at(relation: tuple[float, float], log_n: float) -> float:
 
 
 def fit_budget(params: np.ndarray, loss: np.ndarray, budget: float, *, window: int | str | None = 5,
-               minimizer: str = "parabola", tokens: np.ndarray | None = None) -> IsoflopFit:
+               minimizer: str = "parabola", tokens: np.ndarray | None = None, noise: float = math.nan) -> IsoflopFit:
     """Fit one budget's profile from its usable runs (params N > 0, finite loss).
 
     tokens: each run's D (same length as params); D_opt comes from the
     budget's tokens relation (see the module docstring). None: D = C/(6N).
+    noise: σ of one run's loss (for `loss_out_of_range`; NaN: unknown, a quarter
+    of the profile's loss range is allowed).
     """
     if minimizer not in MINIMIZERS:
         raise ValueError(f"minimizer must be one of {MINIMIZERS}, got {minimizer!r}")
+    from .noise import size_groups, size_means
+
     k = normalise_window(window)
     rel = tokens_relation(params, tokens, budget)
     x_all = np.log(np.asarray(params, dtype=float))
     y_all = np.asarray(loss, dtype=float)
     order = np.argsort(x_all, kind="stable")
     x_all, y_all = x_all[order], y_all[order]
-    ux, size_index = np.unique(x_all, return_inverse=True)
+    size_index, ux = size_groups(x_all)
     n_sizes = len(ux)
     step = float(np.median(np.diff(ux))) if n_sizes >= 2 else math.nan
-    means = np.bincount(size_index, weights=y_all) / np.bincount(size_index) if n_sizes else y_all
+    means, counts = size_means(size_index, y_all, n_sizes) if n_sizes else (y_all, y_all)
     lowest_at_edge = bool(n_sizes and int(np.argmin(means)) in (0, n_sizes - 1))
     nan = math.nan
     base = dict(budget=float(budget), points=int(len(x_all)), sizes=n_sizes,
-                n_min=float(np.exp(ux[0])) if n_sizes else nan, n_max=float(np.exp(ux[-1])) if n_sizes else nan,
+                n_min=float(np.exp(x_all[0])) if n_sizes else nan, n_max=float(np.exp(x_all[-1])) if n_sizes else nan,
                 minimizer=minimizer, window=k if minimizer == "parabola" else None, grid_step=step,
                 tokens_relation=rel if len(x_all) else None)
     if n_sizes < 3:
         return IsoflopFit(n_opt=nan, d_opt=nan, loss_opt=nan, points_used=int(len(x_all)), in_range=False,
                           flags=(TOO_FEW_POINTS,), coefficients=None, x0=nan, **base)
+    # a minimum's loss may sit below the lowest mean by the noise of that mean, not by more
+    if np.isfinite(noise) and noise > 0:
+        margin = 3.0 * float(noise) / math.sqrt(float(counts[int(np.argmin(means))]))
+    else:  # noise unknown: only an overshoot by a quarter of the profile's own range is surely not a minimum
+        margin = 0.25 * float(means.max() - means.min())
+
+    def loss_flags(l_star: float) -> list[str]:
+        tol = margin + 1e-9 * max(1.0, abs(float(means.min())))
+        return [LOSS_OUT_OF_RANGE] if (l_star < means.min() - tol or l_star > means.max() + tol) else []
 
     if minimizer == "akima":
-        from scipy.interpolate import Akima1DInterpolator
+        from .akima import akima_minimum
 
-        spline = Akima1DInterpolator(ux, means)
-        grid = np.linspace(ux[0], ux[-1], AKIMA_GRID)
-        vals = spline(grid)
-        j = int(np.argmin(vals))
-        x_star, l_star = float(grid[j]), float(vals[j])
-        in_range, flags = edge_flags(x_star, ux[0], ux[-1], step, at_edge=lowest_at_edge or j in (0, AKIMA_GRID - 1))
-        n_opt = math.exp(x_star)
-        return IsoflopFit(n_opt=n_opt, d_opt=_d_at(rel, x_star), loss_opt=l_star, points_used=int(len(x_all)),
-                          in_range=in_range, flags=tuple(flags), coefficients=None, x0=nan,
-                          used_n_min=float(np.exp(ux[0])), used_n_max=float(np.exp(ux[-1])), **base)
+        xs, ls = akima_minimum(ux, means[None, :])
+        x_star, l_star = float(xs[0]), float(ls[0])
+        in_range, flags = edge_flags(x_star, ux[0], ux[-1], step, at_edge=lowest_at_edge)
+        flags = loss_flags(l_star) + flags
+        return IsoflopFit(n_opt=math.exp(x_star), d_opt=_d_at(rel, x_star), loss_opt=l_star,
+                          points_used=int(len(x_all)), in_range=in_range, flags=tuple(flags), coefficients=None,
+                          x0=nan, used_n_min=float(np.exp(ux[0])), used_n_max=float(np.exp(ux[-1])), **base)
 
-    lo, hi = window_sizes(size_index, y_all, n_sizes, k)
+    lo, hi = window_sizes(np.arange(n_sizes), means, n_sizes, k)
     m = (size_index >= lo) & (size_index < hi)
-    x, y = x_all[m], y_all[m]
+    x, y = ux[size_index[m]], y_all[m]
     x0 = float(np.mean(ux))
     u = x - x0
     design = np.stack([u * u, u, np.ones_like(u)], axis=1)
@@ -226,6 +244,8 @@ def fit_budget(params: np.ndarray, loss: np.ndarray, budget: float, *, window: i
     x_star = x0 + u_star
     l_star = c - b * b / (4 * a)
     in_range, flags = edge_flags(x_star, ux[0], ux[-1], step, at_edge=lowest_at_edge)
+    if in_range:
+        flags = loss_flags(l_star) + flags
     n_opt = math.exp(x_star) if x_star < 700 else math.inf
     d_opt = _d_at(rel, x_star) if math.isfinite(n_opt) else 0.0
     return IsoflopFit(n_opt=n_opt, d_opt=d_opt, loss_opt=l_star, in_range=in_range,
@@ -243,7 +263,7 @@ def group_by_budget(budget: np.ndarray) -> list[tuple[float, np.ndarray]]:
 
 
 def fit_isoflops(params: np.ndarray, loss: np.ndarray, budget: np.ndarray, *, window: int | str | None = 5,
-                 minimizer: str = "parabola", tokens: np.ndarray | None = None) -> tuple[IsoflopFit, ...]:
+                 minimizer: str = "akima", tokens: np.ndarray | None = None) -> tuple[IsoflopFit, ...]:
     """Fit every budget (arrays of usable runs only). Ascending budget order. tokens: see fit_budget."""
     p = np.asarray(params, dtype=float)
     y = np.asarray(loss, dtype=float)
@@ -257,7 +277,8 @@ def selected(fits: Sequence[IsoflopFit], keep_flagged: bool | Sequence[str] = Fa
     """Which budgets enter the frontier.
 
     Default: only unflagged budgets. keep_flagged=True: every budget with a
-    vertex (all but too_few_points/not_convex). keep_flagged=("vertex_near_edge",):
+    vertex inside its sampled sizes (never too_few_points/not_convex/
+    loss_out_of_range). keep_flagged=("vertex_near_edge",):
     unflagged budgets plus those whose only flags are in the list.
     """
     if keep_flagged is True:
@@ -270,4 +291,6 @@ def selected(fits: Sequence[IsoflopFit], keep_flagged: bool | Sequence[str] = Fa
         if unknown:
             raise ValueError(f"keep_flagged: unknown flag(s) {sorted(unknown)}; known: {list(FLAGS)}")
         allowed -= FATAL_FLAGS
-    return [f.has_vertex and math.isfinite(f.n_opt) and f.n_opt > 0 and set(f.flags) <= allowed for f in fits]
+    # a vertex outside the sampled sizes is an extrapolation, never a measured optimum
+    return [f.has_vertex and math.isfinite(f.n_opt) and f.n_opt > 0 and set(f.flags) <= allowed
+            and f.n_min * (1 - 1e-9) <= f.n_opt <= f.n_max * (1 + 1e-9) for f in fits]

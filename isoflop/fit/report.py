@@ -24,7 +24,7 @@ On 6ND data all three equal C/(6·N_opt).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -34,6 +34,8 @@ from .envelope import Envelope, fit_envelope
 from .frontier import Frontier, PowerLaw, fit_frontier
 from .isoflop import (MINIMIZERS, VERTEX_OUT_OF_RANGE, IsoflopFit, fit_budget, group_by_budget,
                       normalise_window, selected)
+from .losslaw import LossLaw, fit_loss_law
+from .noise import NoiseEstimate, find_outliers, residual_noise, seed_noise, size_groups, size_means
 from .parametric import ParametricFit, fit_parametric
 from .table import FitTable, snap_budgets
 
@@ -59,6 +61,15 @@ class Prediction:
     n_opt_median: float | None = None
     d_opt_median: float | None = None
     loss_opt_median: float | None = None
+    #: which model each value (and its interval) came from
+    n_opt_model: str = "power law N_opt = k·C^a through the per-budget minima"
+    d_opt_model: str = "power law D_opt = k·C^b through the per-budget minima"
+    loss_opt_model: str = "power law L_opt = k·C^g through the per-budget minima (no irreducible term)"
+    #: the parametric fit L(N, D) at the same budget (None without one)
+    parametric_method: str | None = None
+    n_opt_parametric: float | None = None
+    d_opt_parametric: float | None = None
+    loss_opt_parametric: float | None = None
 
 
 @dataclass(frozen=True)
@@ -101,9 +112,13 @@ class FitReport:
     samples: FrontierSamples | None = field(default=None, repr=False)
     budget_ci: tuple[tuple[float, float] | None, ...] = ()   # per budget: 5–95% of N_opt (selected budgets)
     budget_d_ci: tuple[tuple[float, float] | None, ...] = ()  # per budget: 5–95% of D_opt (selected budgets)
+    budget_median: tuple[float | None, ...] = ()              # per budget: bootstrap median of N_opt
+    budget_loss_ci: tuple[tuple[float, float] | None, ...] = ()  # per budget: 5–95% of L_opt
+    noise: NoiseEstimate | None = None                        # the noise model of the bootstrap
+    outliers: tuple[Excluded, ...] = ()                       # runs left out as outliers (also in excluded)
 
     def predict(self, compute: Sequence[float]) -> tuple[Prediction, ...]:
-        return _predictions(self.frontier, self.samples, compute)
+        return _predictions(self.frontier, self.samples, compute, self.parametric)
 
     def to_json(self) -> dict[str, Any]:
         return _clean(_report_json(self))
@@ -144,41 +159,96 @@ def _with_ci(law: PowerLaw, slopes: np.ndarray, icpts: np.ndarray) -> PowerLaw:
     return replace(law, exponent_ci=e_ci, exponent_median=e_med, coefficient_ci=c_ci, coefficient_median=c_med)
 
 
+LOSS_LAW_MODEL = "L_opt = E + k·C^-γ through the per-budget minima"
+
+
 def _predictions(frontier: Frontier | None, samples: FrontierSamples | None,
-                 compute: Sequence[float]) -> tuple[Prediction, ...]:
+                 compute: Sequence[float], parametric: Sequence[ParametricFit] = ()) -> tuple[Prediction, ...]:
     """The frontier at new budgets.
 
-    N_opt and L_opt from the params and loss power laws; D_opt from the
-    tokens power law `frontier.tokens` (ln D_opt = ln k_D + b·ln C, fitted
-    across budgets on each budget's D_opt under the sweep's own FLOP
-    convention), not C/(6·N_opt): a new budget has no runs whose tokens
-    relation could be evaluated, and under `exact` or `6ND+attention` the
-    tokens a run of N_opt gets are not C/(6·N_opt). Intervals are the 5–95%
-    percentiles of each law over the bootstrap resamples. On 6ND data the
-    tokens law is exactly C/(6·N law), so D_opt = C/(6·N_opt) there.
+    N_opt and D_opt from the params and tokens power laws (D_opt from the
+    tokens law fitted on each budget's D_opt under the sweep's own FLOP
+    convention, not C/(6·N_opt): under `exact` or `6ND+attention` the tokens a
+    run of N_opt gets are not C/(6·N_opt)). L_opt from the loss law with an
+    irreducible term E + k·C^−γ when at least 3 budgets are used (a pure power
+    law in C has no floor and under-predicts far out), else the pure power
+    law, and `loss_opt_model` says which. Intervals are the 5–95% percentiles
+    of each law over the seed-noise bootstrap resamples. A parametric fit
+    L(N, D), where there is one, gives its own N_opt, D_opt, L_opt beside
+    them (`*_parametric`, closed form of Hoffmann et al.).
     """
     if frontier is None:
         return ()
+    law = frontier.loss_law
     out = []
     for c in compute:
         c = float(c)
         kw: dict[str, Any] = {}
+        loss_opt = float(frontier.loss(c))
+        if law is not None:
+            loss_opt = float(law(c))
+            kw["loss_opt_model"] = LOSS_LAW_MODEL
         if samples is not None and samples.ok.any():
             lc = math.log(c)
             ok = samples.ok
             ln = samples.slope_n[ok] * lc + samples.icpt_n[ok]
             ld = samples.slope_d[ok] * lc + samples.icpt_d[ok]
-            ll = samples.slope_l[ok] * lc + samples.icpt_l[ok]
-            for key, vals in (("n_opt", np.exp(ln)), ("d_opt", np.exp(ld)), ("loss_opt", np.exp(ll))):
+            if law is not None and samples.loss_E is not None:
+                ll = samples.loss_E + samples.loss_k * np.exp(-samples.loss_gamma * (lc - math.log(samples.loss_c0)))
+            else:
+                ll = np.exp(samples.slope_l[ok] * lc + samples.icpt_l[ok])
+            for key, vals in (("n_opt", np.exp(ln)), ("d_opt", np.exp(ld)), ("loss_opt", ll)):
                 ci, med = _ci(vals)
                 kw[f"{key}_ci"], kw[f"{key}_median"] = ci, med
+        for p in parametric[:1]:
+            if math.isfinite(p.alpha) and p.alpha + p.beta > 0:
+                n_p, d_p = p.optimum(c)
+                kw.update(parametric_method=p.method, n_opt_parametric=float(n_p), d_opt_parametric=float(d_p),
+                          loss_opt_parametric=float(p.loss(n_p, d_p)))
         out.append(Prediction(budget=c, n_opt=float(frontier.params(c)), d_opt=float(frontier.tokens(c)),
-                              loss_opt=float(frontier.loss(c)), **kw))
+                              loss_opt=loss_opt, **kw))
     return tuple(out)
 
 
+def _noise_and_outliers(groups: list[tuple[float, np.ndarray, np.ndarray]]
+                        ) -> tuple[NoiseEstimate, list[list[tuple[int, float, float]]]]:
+    """The sweep's noise model and, per budget, its outliers as (index into the group, loss, deviation/σ).
+
+    σ is estimated, outliers found with it and left out, then σ estimated
+    again without them (see noise.py).
+    """
+    prepared = []
+    for _, params, y in groups:
+        x = np.log(params)
+        order = np.argsort(x, kind="stable")
+        idx, ux = size_groups(x[order])
+        prepared.append((order, idx, ux, y[order]))
+
+    def estimate(keep: list[np.ndarray]) -> NoiseEstimate:
+        seeds = seed_noise([(idx[k], y[k]) for (_, idx, _, y), k in zip(prepared, keep)])
+        if seeds is not None:
+            return seeds
+        per = []
+        for (_, idx, ux, y), k in zip(prepared, keep):
+            means, cnt = size_means(idx[k], y[k], len(ux))
+            present = cnt > 0
+            per.append((ux[present], means[present], cnt[present]))
+        return residual_noise(per)
+
+    keep = [np.ones(len(p[0]), dtype=bool) for p in prepared]
+    noise = estimate(keep)
+    found: list[list[tuple[int, float, float]]] = []
+    for (order, idx, ux, y), k in zip(prepared, keep):
+        bad = find_outliers(ux, idx, y, noise.sigma)
+        k[[j for j, _, _ in bad]] = False
+        found.append([(int(order[j]), dev, z) for j, dev, z in bad])
+    if any(found):
+        noise = estimate(keep)
+    return noise, found
+
+
 # ---------------------------------------------------------------------------- the fit
-def fit_sweep(table: FitTable, *, window: int | str | None = 5, minimizer: str = "parabola",
+def fit_sweep(table: FitTable, *, window: int | str | None = 5, minimizer: str = "akima",
               keep_flagged: bool | Sequence[str] = False, bootstrap: int = 1000, seed: int = 0,
               predict: Sequence[float] = (), holdout_top: int = 0, parametric: str | None = None,
               curves: Sequence[Any] | None = None, budgets: Sequence[float] | None = None,
@@ -189,14 +259,15 @@ def fit_sweep(table: FitTable, *, window: int | str | None = 5, minimizer: str =
     budgets / budget_tolerance: how runs with an unknown budget (NaN) are
     snapped from their FLOPs (a list of budgets, or clustering when None).
     bootstrap: number of resamples (0 = no intervals).
-    parametric: None, "lse", "varpro" or "all" (fits every usable run).
+    parametric: None, "auto" (lse when ≥ 3 budgets are used), "lse", "varpro" or
+    "all"; fits every run the isoflop fits use (outliers left out).
     curves: training curves for the envelope (approach 1), see envelope.fit_envelope.
     """
     if minimizer not in MINIMIZERS:
         raise ValueError(f"minimizer must be one of {MINIMIZERS}, got {minimizer!r}")
     k = normalise_window(window)
-    if parametric not in (None, "lse", "varpro", "all"):
-        raise ValueError(f"parametric must be None, 'lse', 'varpro' or 'all', got {parametric!r}")
+    if parametric not in (None, "auto", "lse", "varpro", "all"):
+        raise ValueError(f"parametric must be None, 'auto', 'lse', 'varpro' or 'all', got {parametric!r}")
     if int(bootstrap) < 0 or int(holdout_top) < 0:
         raise ValueError("bootstrap and holdout_top must be >= 0")
     reasons = table.exclusion_reasons()
@@ -228,11 +299,26 @@ def fit_sweep(table: FitTable, *, window: int | str | None = 5, minimizer: str =
     # count is known (runs sit near, not at, their budget: rounding, or ±10% snapping of published points)
     f_all = table.flops[fit_rows]
     d_all = table.tokens[fit_rows] * np.where(np.isfinite(f_all) & (f_all > 0), b_all / f_all, 1.0)
+    run_ids = table.run_id[fit_rows]
     by_budget = group_by_budget(b_all)
     groups = [(c, n_all[idx], y_all[idx]) for c, idx in by_budget]
+    # the noise model first: it decides which runs are outliers, and the outliers leave every fit
+    noise, found = _noise_and_outliers(groups)
+    outliers: list[Excluded] = []
+    for (c, idx), bad in zip(by_budget, found):
+        for j, dev, z in bad:
+            i = idx[j]
+            outliers.append(Excluded(str(run_ids[i]), c, f"outlier: loss {y_all[i]:.4g} is {dev:+.3g} off its "
+                                     f"neighbouring sizes ({z:.0f}σ, σ = {noise.sigma:.2g}; N = {n_all[i]:.4g})"))
+        if bad:
+            keep = np.ones(len(idx), dtype=bool)
+            keep[[j for j, _, _ in bad]] = False
+            by_budget[by_budget.index((c, idx))] = (c, idx[keep])
+    excluded.extend(outliers)
+    groups = [(c, n_all[idx], y_all[idx]) for c, idx in by_budget]
     # D_opt under the sweep's convention: each budget's own (N, D) pairs (see isoflop.py)
-    fits = tuple(fit_budget(n_all[idx], y_all[idx], c, window=k, minimizer=minimizer, tokens=d_all[idx])
-                 for c, idx in by_budget)
+    fits = tuple(fit_budget(n_all[idx], y_all[idx], c, window=k, minimizer=minimizer, tokens=d_all[idx],
+                            noise=noise.sigma) for c, idx in by_budget)
     use = tuple(selected(fits, keep_flagged))
 
     frontier = fit_frontier(fits, use)
@@ -241,43 +327,51 @@ def fit_sweep(table: FitTable, *, window: int | str | None = 5, minimizer: str =
         frontier_reason = (f"{sum(use)} usable budget(s) of {len(fits)}; the frontier needs at least 2"
                            + ("" if not fits else " (flagged budgets are left out; keep_flagged=True to use them)"
                               if any(f.flags for f in fits) else ""))
+    else:
+        chosen = [f for f, u in zip(fits, use) if u]
+        frontier = replace(frontier, loss_law=fit_loss_law(np.array([f.budget for f in chosen]),
+                                                           np.array([f.loss_opt for f in chosen])))
 
     bv = samples = None
     budget_ci: list[tuple[float, float] | None] = [None] * len(fits)
     budget_d_ci: list[tuple[float, float] | None] = [None] * len(fits)
+    budget_l_ci: list[tuple[float, float] | None] = [None] * len(fits)
+    budget_med: list[float | None] = [None] * len(fits)
     sel_idx = [i for i, u in enumerate(use) if u]
-    if frontier is not None and int(bootstrap) > 0:
-        allow_oor = keep_flagged is True or (not isinstance(keep_flagged, bool)
-                                             and VERTEX_OUT_OF_RANGE in set(keep_flagged))
+    if frontier is not None and int(bootstrap) > 0 and np.isfinite(noise.sigma):
         bv = bootstrap_vertices([groups[i] for i in sel_idx], window=k, minimizer=minimizer,
-                                n_resamples=int(bootstrap), seed=seed, allow_out_of_range=allow_oor,
+                                n_resamples=int(bootstrap), seed=seed, sigma=noise.sigma,
+                                sigma_dof=noise.dof if noise.source != "none" else None,
                                 tokens_relations=[fits[i].tokens_relation for i in sel_idx])
         samples = frontier_samples(bv)
-        frontier = Frontier(params=_with_ci(frontier.params, samples.slope_n[samples.ok], samples.icpt_n[samples.ok]),
-                            tokens=_with_ci(frontier.tokens, samples.slope_d[samples.ok], samples.icpt_d[samples.ok]),
-                            loss=_with_ci(frontier.loss, samples.slope_l[samples.ok], samples.icpt_l[samples.ok]),
-                            budgets=frontier.budgets)
+        frontier = _frontier_with_ci(frontier, samples)
         for col, i in enumerate(sel_idx):
             v = bv.valid[:, col]
-            ci, _ = _ci(np.exp(bv.log_n[v, col])) if v.any() else (None, None)
-            budget_ci[i] = ci
-            ci, _ = _ci(np.exp(bv.log_d[v, col])) if v.any() else (None, None)
-            budget_d_ci[i] = ci
+            if not v.any():
+                continue
+            budget_ci[i], budget_med[i] = _ci(np.exp(bv.log_n[v, col]))
+            budget_d_ci[i], _ = _ci(np.exp(bv.log_d[v, col]))
+            budget_l_ci[i], _ = _ci(bv.loss[v, col])
 
-    preds = _predictions(frontier, samples, predict)
+    par: tuple[ParametricFit, ...] = ()
+    par_reason = None
+    if parametric == "auto":
+        parametric = "lse" if len(sel_idx) >= 3 else None
+    if parametric is not None:
+        keep_rows = np.zeros(len(n_all), dtype=bool)
+        for _, idx in by_budget:
+            keep_rows[idx] = True
+        try:
+            par = fit_parametric(n_all[keep_rows], d_all[keep_rows], y_all[keep_rows],
+                                 method=parametric, n_starts=n_starts)
+        except ValueError as exc:
+            par_reason = str(exc)
+
+    preds = _predictions(frontier, samples, predict, par)
 
     backtest = None
     if int(holdout_top) > 0:
         backtest = _backtest(fits, sel_idx, int(holdout_top), bv)
-
-    par: tuple[ParametricFit, ...] = ()
-    par_reason = None
-    if parametric is not None:
-        try:
-            par = fit_parametric(table.params[usable], table.tokens[usable], table.loss[usable],
-                                 method=parametric, n_starts=n_starts)
-        except ValueError as exc:
-            par_reason = str(exc)
 
     env = fit_envelope(curves) if curves is not None else None
     settings = dict(window=k, minimizer=minimizer, keep_flagged=keep_flagged if isinstance(keep_flagged, bool)
@@ -287,7 +381,22 @@ def fit_sweep(table: FitTable, *, window: int | str | None = 5, minimizer: str =
     return FitReport(budgets=fits, used=use, frontier=frontier, frontier_reason=frontier_reason,
                      excluded=tuple(excluded), predictions=preds, parametric=par, parametric_reason=par_reason,
                      backtest=backtest, envelope=env, settings=settings, points=tuple(groups), bootstrap=bv,
-                     samples=samples, budget_ci=tuple(budget_ci), budget_d_ci=tuple(budget_d_ci))
+                     samples=samples, budget_ci=tuple(budget_ci), budget_d_ci=tuple(budget_d_ci),
+                     budget_median=tuple(budget_med), budget_loss_ci=tuple(budget_l_ci), noise=noise,
+                     outliers=tuple(outliers))
+
+
+def _frontier_with_ci(fr: Frontier, samples: FrontierSamples) -> Frontier:
+    ok = samples.ok
+    law = fr.loss_law
+    if law is not None and samples.loss_E is not None:
+        e_ci, _ = _ci(samples.loss_E)
+        g_ci, _ = _ci(samples.loss_gamma)
+        law = replace(law, E_ci=e_ci, gamma_ci=g_ci)
+    return Frontier(params=_with_ci(fr.params, samples.slope_n[ok], samples.icpt_n[ok]),
+                    tokens=_with_ci(fr.tokens, samples.slope_d[ok], samples.icpt_d[ok]),
+                    loss=_with_ci(fr.loss, samples.slope_l[ok], samples.icpt_l[ok]),
+                    budgets=fr.budgets, loss_law=law)
 
 
 def _backtest(fits: Sequence[IsoflopFit], sel_idx: list[int], k: int, bv: BootstrapVertices | None) -> Backtest:
@@ -297,14 +406,14 @@ def _backtest(fits: Sequence[IsoflopFit], sel_idx: list[int], k: int, bv: Bootst
     train, held = sel_idx[:-k], sel_idx[-k:]
     use = [i in train for i in range(len(fits))]
     fr = fit_frontier(fits, use)
+    train_fits = [fits[i] for i in train]
+    fr = replace(fr, loss_law=fit_loss_law(np.array([f.budget for f in train_fits]),
+                                           np.array([f.loss_opt for f in train_fits])))
     samples = None
     if bv is not None:
         cols = np.array([i in train for i in sel_idx])
         samples = frontier_samples(bv, cols)
-        fr = Frontier(params=_with_ci(fr.params, samples.slope_n[samples.ok], samples.icpt_n[samples.ok]),
-                      tokens=_with_ci(fr.tokens, samples.slope_d[samples.ok], samples.icpt_d[samples.ok]),
-                      loss=_with_ci(fr.loss, samples.slope_l[samples.ok], samples.icpt_l[samples.ok]),
-                      budgets=fr.budgets)
+        fr = _frontier_with_ci(fr, samples)
     preds = _predictions(fr, samples, [fits[i].budget for i in held])
     pts = []
     for i, p in zip(held, preds):
