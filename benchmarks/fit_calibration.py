@@ -2,8 +2,9 @@
 
 Sweeps are drawn from known laws L(N, D) = E + A/N^α + B/D^β
 (`isoflop.fit.simulate.LAWS`: Hoffmann et al.'s, Epoch's refit and two
-others), 5 budgets over two decades (1e17 … 1e19), 8 sizes per budget over
-N_opt·e^(±1.2) with a random shift of up to ±0.35 e-folds, one run per size,
+others), 5 budgets over two decades (1e17 … 1e19), 7 sizes per budget over
+a 16× range of N (the starter template's grid) around N_opt, shifted by up to
+±0.35 e-folds at random (a planner's guess of the centre is off), one run per size,
 Gaussian noise σ ∈ {0.003, 0.01, 0.03}. Each sweep is fitted with the
 defaults (Akima minima, seed-noise bootstrap) and `--predict` at 10× the
 top budget. Printed per noise level: how often the 5–95% interval covers

@@ -1,7 +1,10 @@
 """The compute-optimal frontier: power laws in C through the per-budget optima.
 
 Least squares on ln N_opt = a·ln C + ln k (and the same for D_opt with
-exponent b, and for L_opt). Each budget's D_opt is taken under the sweep's
+exponent b, and for L_opt), weighted by each budget's precision (1/variance
+of its ln N_opt over the bootstrap) when there is a bootstrap: a budget whose
+minimum the data hardly place counts for little (Porian et al. 2024 do the
+same); unweighted without one. Each budget's D_opt is taken under the sweep's
 FLOP convention (its own tokens relation, see `isoflop.py`), so the tokens
 law is a separate power law: b = 1 − a and k_D = 1/(6·k) only on 6ND data;
 under `exact` or `6ND+attention` small models get fewer tokens than
@@ -53,15 +56,18 @@ class Frontier:
     loss_law: LossLaw | None = None   # L_opt(C) = E + k·C^−γ (≥ 3 budgets): what predictions use
 
 
-def line_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
-    """(slope, intercept, residual std) of ordinary least squares y = slope·x + intercept."""
+def line_fit(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> tuple[float, float, float]:
+    """(slope, intercept, residual std) of least squares y = slope·x + intercept (weighted when given)."""
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
-    xm, ym = x.mean(), y.mean()
-    sxx = float(((x - xm) ** 2).sum())
-    if len(x) < 2 or sxx <= 0:
+    w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=float)
+    if len(x) < 2:
         return math.nan, math.nan, math.nan
-    slope = float(((x - xm) * (y - ym)).sum() / sxx)
+    xm, ym = float((w * x).sum() / w.sum()), float((w * y).sum() / w.sum())
+    sxx = float((w * (x - xm) ** 2).sum())
+    if sxx <= 0:
+        return math.nan, math.nan, math.nan
+    slope = float((w * (x - xm) * (y - ym)).sum() / sxx)
     intercept = float(ym - slope * xm)
     res = y - (slope * x + intercept)
     dof = len(x) - 2
@@ -70,13 +76,13 @@ def line_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
 
 
 def batched_line_fit(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Least-squares slope and intercept per row of y (R×B) over the columns where mask is True.
+    """Least-squares slope and intercept per row of y (R×B) over the columns where mask is nonzero.
 
-    x: (B,) shared abscissae. Rows with fewer than 2 masked columns (or no
-    spread in x) give NaN.
+    x: (B,) shared abscissae. mask: bool, or non-negative weights. Rows with
+    fewer than 2 masked columns (or no spread in x) give NaN.
     """
     w = np.asarray(mask, dtype=float)
-    y = np.where(mask, y, 0.0)
+    y = np.where(w > 0, y, 0.0)
     xc = x - x.mean()  # centring for conditioning
     s0 = w.sum(1)
     s1 = w @ xc
@@ -87,14 +93,19 @@ def batched_line_fit(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> tuple[np
         det = s0 * s2 - s1 * s1
         slope = (s0 * t1 - s1 * t0) / det
         icpt_c = (t0 - slope * s1) / s0
-    bad = (s0 < 2) | ~(det > 1e-12 * np.maximum(s0 * s2, 1e-300))
+    bad = ((w > 0).sum(1) < 2) | ~(det > 1e-12 * np.maximum(s0 * s2, 1e-300))
     slope = np.where(bad, np.nan, slope)
     intercept = np.where(bad, np.nan, icpt_c - slope * x.mean())
     return slope, intercept
 
 
-def fit_frontier(fits: Sequence[IsoflopFit], use: Sequence[bool] | None = None) -> Frontier | None:
-    """Power laws through the budgets in `use` (default: all with a vertex). None with < 2 budgets."""
+def fit_frontier(fits: Sequence[IsoflopFit], use: Sequence[bool] | None = None,
+                 weights: Sequence[float] | None = None) -> Frontier | None:
+    """Power laws through the budgets in `use` (default: all with a vertex). None with < 2 budgets.
+
+    weights: one per chosen budget (1/variance of its ln N_opt, from the
+    bootstrap), as Porian et al. weight their power-law fit; None: equal.
+    """
     if use is None:
         use = [f.has_vertex for f in fits]
     chosen = [f for f, u in zip(fits, use) if u]
@@ -107,6 +118,6 @@ def fit_frontier(fits: Sequence[IsoflopFit], use: Sequence[bool] | None = None) 
         if not np.all(v > 0):  # e.g. a non-positive loss: no power law in log space
             laws.append(PowerLaw(exponent=math.nan, coefficient=math.nan, n_budgets=len(chosen)))
             continue
-        slope, icpt, rstd = line_fit(lc, np.log(v))
+        slope, icpt, rstd = line_fit(lc, np.log(v), weights)
         laws.append(PowerLaw(exponent=slope, coefficient=math.exp(icpt) if math.isfinite(icpt) else math.nan, n_budgets=len(chosen), residual_std=rstd))
     return Frontier(params=laws[0], tokens=laws[1], loss=laws[2], budgets=tuple(f.budget for f in chosen))

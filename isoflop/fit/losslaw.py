@@ -120,10 +120,10 @@ def _solve_rows(lcc: np.ndarray, gammas: np.ndarray, y: np.ndarray, w: np.ndarra
     return out_e, out_k, out_s
 
 
-def fit_loss_law(budgets: np.ndarray, loss: np.ndarray) -> LossLaw | None:
+def fit_loss_law(budgets: np.ndarray, loss: np.ndarray, weights: np.ndarray | None = None) -> LossLaw | None:
     """The law through one set of per-budget minima; None with fewer than 3 budgets."""
     c = np.asarray(budgets, dtype=float)
     if len(np.unique(c)) < 3:
         return None
-    e, k, g, c0 = fit_loss_laws(np.log(c), np.asarray(loss, dtype=float)[None, :])
+    e, k, g, c0 = fit_loss_laws(np.log(c), np.asarray(loss, dtype=float)[None, :], weights)
     return LossLaw(E=float(e[0]), k=float(k[0]), gamma=float(g[0]), c0=c0, n_budgets=len(c))

@@ -344,6 +344,11 @@ def fit_sweep(table: FitTable, *, window: int | str | None = 5, minimizer: str =
                                 sigma_dof=noise.dof if noise.source != "none" else None,
                                 tokens_relations=[fits[i].tokens_relation for i in sel_idx])
         samples = frontier_samples(bv)
+        # the point fit with the same precision weights as the resamples
+        frontier = fit_frontier(fits, use, samples.weights_n)
+        chosen = [f for f, u in zip(fits, use) if u]
+        frontier = replace(frontier, loss_law=fit_loss_law(np.array([f.budget for f in chosen]),
+                                                           np.array([f.loss_opt for f in chosen]), samples.weights_l))
         frontier = _frontier_with_ci(frontier, samples)
         for col, i in enumerate(sel_idx):
             v = bv.valid[:, col]

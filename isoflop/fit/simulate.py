@@ -5,6 +5,7 @@ against it. Pure (the caller passes the numpy Generator).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,11 +47,12 @@ LAWS = (
 )
 
 
-def draw_sweep(law: Law, rng: np.random.Generator, *, budgets: np.ndarray | None = None, sizes: int = 8,
-               span: float = 1.2, offset: float = 0.35, noise: float = 0.01, seeds: int = 1) -> FitTable:
+def draw_sweep(law: Law, rng: np.random.Generator, *, budgets: np.ndarray | None = None, sizes: int = 7,
+               span: float = math.log(4.0), offset: float = 0.35, noise: float = 0.01, seeds: int = 1) -> FitTable:
     """One sweep: per budget `sizes` model sizes log-spaced over N_opt·e^(±span), shifted by a random
     offset in [−offset, offset] e-folds (the optimum is rarely centred), `seeds` runs per size,
-    Gaussian noise of σ = noise on every loss; D = C/(6N). Default budgets: 5 over two decades."""
+    Gaussian noise of σ = noise on every loss; D = C/(6N). Default budgets: 5 over two decades.
+    The default grid is the starter template's: 7 sizes over a 16× range of N."""
     cs = np.logspace(17, 19, 5) if budgets is None else np.asarray(budgets, float)
     rows_c, rows_n, rows_l = [], [], []
     for c in cs:
