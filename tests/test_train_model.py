@@ -129,3 +129,23 @@ def test_rotary_is_relative():
     assert score(5, 3) == pytest.approx(score(20, 18), abs=1e-4)
     assert score(0, 0) == pytest.approx(torch.dot(q, k).item(), abs=1e-5)
     assert apply_rotary(q, cos[7], sin[7]).norm().item() == pytest.approx(q.norm().item(), rel=1e-5)
+
+
+def test_trainer_defaults_are_the_spec_defaults():
+    """A run.json that omits an option trains as the planner would have planned it from a spec
+    that omits it (mup_base_width and log_every had drifted: 64 vs 256, 50 vs 10)."""
+    from isoflop.plan.grid import plan
+    from isoflop.spec import parse_spec
+
+    spec = parse_spec({"name": "d", "budgets": [1e9], "grid": {"points": 1, "span": 1, "centre": {"k": 0.3}},
+                       "model": {"vocab_size": 256, "seq_len": 32, "head_dim": 16}, "batch": {"rule": 4, "unit": "sequences"},
+                       "lr": 0.003})
+    r = plan(spec)[0]
+    planned = RunConfig.from_json(r.definition | {"run_id": r.run_id})
+    bare = RunConfig.from_json({"run_id": r.run_id, "lr": r.definition["lr"], "steps": planned.steps,
+                                "batch_seqs": planned.batch_seqs, "shape": r.definition["shape"]})
+    for k in ("model", "optimizer", "schedule", "data", "log_every", "checkpoint_every_s", "device", "compile",
+              "dtype", "threads", "flop_convention", "param_convention"):
+        assert getattr(bare, k) == getattr(planned, k), k
+    assert (bare.eval.batches, bare.eval.every) == (planned.eval.batches, planned.eval.every)
+    assert bare.model.mup_base_width == 256 and bare.log_every == 10

@@ -1,8 +1,9 @@
 """Typed view of `<run_dir>/run.json`, the file the dispatcher writes before a job starts.
 
 Required keys: run_id, shape, steps (or tokens), batch_seqs (or batch_tokens), lr.
-Everything else has a default (see the dataclasses below). Unknown keys are kept in
-`RunConfig.extra` and ignored.
+Everything else has a default, taken from the spec's pydantic models (isoflop/spec.py) so that
+a hand-written run.json trains as the planner would have planned it: defaults live there only.
+Unknown keys are kept in `RunConfig.extra` and ignored.
 """
 from __future__ import annotations
 
@@ -12,11 +13,17 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from isoflop import spec as S
 from isoflop.plan.flops import Shape
 
 
 class ConfigError(ValueError):
     """run.json is missing, unreadable or inconsistent."""
+
+
+def _default(model: type, name: str) -> Any:
+    """The default of a spec model's field: the one place a default is declared."""
+    return model.model_fields[name].default
 
 
 def _sub(cls, d: dict | None):
@@ -26,40 +33,44 @@ def _sub(cls, d: dict | None):
     return cls(**{k: v for k, v in d.items() if k in names and v is not None})
 
 
+def _given(d: dict, key: str, default: Any) -> Any:
+    return default if d.get(key) is None else d[key]
+
+
 @dataclass(frozen=True)
 class ModelOptions:
-    z_loss: float = 0.0  # coefficient of logsumexp(logits)^2; 0 = off
-    mup: bool = False
-    mup_base_width: int = 64
+    z_loss: float = _default(S.ModelFamily, "z_loss")  # coefficient of logsumexp(logits)^2; 0 = off
+    mup: bool = _default(S.ModelFamily, "mup")
+    mup_base_width: int = _default(S.ModelFamily, "mup_base_width")
 
 
 @dataclass(frozen=True)
 class OptimizerOptions:
-    beta1: float = 0.9
-    beta2: float = 0.95
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0  # 0 or negative = off
-    eps: float = 1e-8
+    beta1: float = _default(S.Optimizer, "beta1")
+    beta2: float = _default(S.Optimizer, "beta2")
+    weight_decay: float = _default(S.Optimizer, "weight_decay")
+    grad_clip: float = _default(S.Optimizer, "grad_clip")  # 0 or negative = off
+    eps: float = 1e-8  # not a spec field
 
 
 @dataclass(frozen=True)
 class ScheduleOptions:
-    kind: str = "cosine"  # "cosine" | "wsd"
-    warmup_frac: float = 0.05
-    min_lr_frac: float = 0.1
-    decay_frac: float = 0.2  # wsd only: the last fraction of steps decays linearly
+    kind: str = _default(S.Schedule, "kind")  # "cosine" | "wsd"
+    warmup_frac: float = _default(S.Schedule, "warmup_frac")
+    min_lr_frac: float = _default(S.Schedule, "min_lr_frac")
+    decay_frac: float = _default(S.Schedule, "decay_frac")  # wsd only: the last fraction decays linearly
 
 
 @dataclass(frozen=True)
 class DataOptions:
-    kind: str = "stdlib"  # "stdlib" | "text" | "tokens"
-    path: str | None = None
+    kind: str = _default(S.Data, "kind")  # "stdlib" | "text" | "tokens"
+    path: str | None = _default(S.Data, "path")
 
 
 @dataclass(frozen=True)
 class EvalOptions:
-    batches: int = 8  # fixed held-out batches, the same for every run of a sweep
-    every: int = 0  # steps between evaluations; 0 = only at the end
+    batches: int = _default(S.Trainer, "eval_batches")  # fixed held-out batches, the same for every run
+    every: int = _default(S.Trainer, "eval_every")  # steps between evaluations; 0 = only at the end
     batch_seqs: int = 16  # sequences per eval batch (fixed, independent of the run's batch size)
     seed: int = 1234  # the held-out batches depend on this only
 
@@ -82,15 +93,15 @@ class RunConfig:
     seed: int = 0
     data: DataOptions = field(default_factory=DataOptions)
     eval: EvalOptions = field(default_factory=EvalOptions)
-    log_every: int = 50
-    checkpoint_every_s: float = 300.0
+    log_every: int = _default(S.Trainer, "log_every")
+    checkpoint_every_s: float = _default(S.Trainer, "checkpoint_every_s")
     keep_checkpoint: bool = False  # keep checkpoint.pt after the run finished
-    device: str = "auto"  # "auto" | "cpu" | "cuda"
-    compile: bool = False  # torch.compile, CUDA only
-    dtype: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU) | "bf16" | "fp32"
-    threads: int | None = None
-    flop_convention: str = "6ND"
-    param_convention: str = "non_embedding"
+    device: str = _default(S.Trainer, "device")  # "auto" | "cpu" | "cuda"
+    compile: bool = _default(S.Trainer, "compile")  # torch.compile, CUDA only
+    dtype: str = _default(S.Trainer, "dtype")  # "auto" (bf16 on CUDA, fp32 on CPU) | "bf16" | "fp32"
+    threads: int | None = _default(S.Trainer, "threads")
+    flop_convention: str = _default(S.Spec, "flops")
+    param_convention: str = _default(S.Spec, "params")
     planned: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -166,15 +177,15 @@ class RunConfig:
             seed=int(d.get("seed") or 0),
             data=data,
             eval=_sub(EvalOptions, d.get("eval")),
-            log_every=max(1, int(d.get("log_every") or 50)),
-            checkpoint_every_s=float(d.get("checkpoint_every_s") if d.get("checkpoint_every_s") is not None else 300.0),
+            log_every=max(1, int(d.get("log_every") or cls.log_every)),
+            checkpoint_every_s=float(_given(d, "checkpoint_every_s", cls.checkpoint_every_s)),
             keep_checkpoint=bool(d.get("keep_checkpoint", False)),
-            device=str(d.get("device") or "auto"),
-            compile=bool(d.get("compile", False)),
-            dtype=str(d.get("dtype") or "auto"),
+            device=str(d.get("device") or cls.device),
+            compile=bool(_given(d, "compile", cls.compile)),
+            dtype=str(d.get("dtype") or cls.dtype),
             threads=None if threads is None else int(threads),
-            flop_convention=str(d.get("flop_convention") or "6ND"),
-            param_convention=str(d.get("param_convention") or "non_embedding"),
+            flop_convention=str(d.get("flop_convention") or cls.flop_convention),
+            param_convention=str(d.get("param_convention") or cls.param_convention),
             planned=dict(d.get("planned") or {}),
             extra={k: v for k, v in d.items() if k not in known},
         )
