@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -225,3 +228,90 @@ def test_attempt_cap_fails_the_run(planned_sweep, tmp_path):
     assert "used up max_attempts" in out
     st = status(workdir)
     assert st["runs"][0]["state"] == "failed" and st["runs"][0]["reason"].startswith("gave up after 2")
+
+
+# ------------------------------------------------------------------ killed processes (local)
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+
+def _procs(pred) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if pred(d):
+                    out.append(int(d.name))
+            except OSError:
+                pass
+    return out
+
+
+def trainers_in(rdir: Path) -> list[int]:
+    """Live processes whose environment names this run folder (a command and its children)."""
+    tag = f"\0ISOFLOP_RUN_DIR={os.path.abspath(rdir)}\0".encode()
+    return _procs(lambda d: tag in b"\0" + (d / "environ").read_bytes() + b"\0")
+
+
+def no_trainer_in(rdir: Path, timeout: float) -> bool:
+    t0 = time.time()
+    while trainers_in(rdir) and time.time() - t0 < timeout:
+        time.sleep(0.2)
+    return not trainers_in(rdir)
+
+
+def pools_of(workdir: Path) -> list[int]:
+    return _procs(lambda d: b"isoflop.dispatch.local" in (d / "cmdline").read_bytes()
+                  and str(workdir).encode() in (d / "cmdline").read_bytes())
+
+
+def wait_running(workdir: Path, step: int, timeout: float = 90) -> dict:
+    t0 = time.time()
+    while True:
+        st = status(workdir)
+        if st["runs"][0]["state"] == "running" and (st["runs"][0]["step"] or 0) >= step:
+            return st
+        assert time.time() - t0 < timeout, st
+        time.sleep(0.5)
+
+
+@linux_only
+def test_killed_local_job_takes_its_trainer(planned_sweep, tmp_path):
+    """kill -9 of a local job process used to leave its trainer running (parent 1); a retry then
+    put a second trainer on the same folder. Now the trainer dies with its job."""
+    engine, workdir = planned_sweep(budgets="[1.0e11]", points=1)
+    prof = local_profile(tmp_path)
+    run_isoflop("submit", "tiny", "--profile", prof, workdir=workdir)
+    run = wait_running(workdir, 10)["runs"][0]
+    rdir = workdir / "runs" / "tiny" / run["run_id"]
+    assert trainers_in(rdir)
+    job = json.loads((workdir / "local" / "jobs" / f"{run['job_id']}.state").read_text())
+    os.kill(job["pid"], signal.SIGKILL)
+    assert no_trainer_in(rdir, 15), "the trainer outlived its job"
+    st = wait_done(workdir)
+    assert st["runs"][0]["state"] == "lost", st
+    run_isoflop("retry", "tiny", "--lost", "--profile", prof, workdir=workdir)
+    st = wait_done(workdir, timeout=180)
+    assert st["runs"][0]["state"] == "completed" and st["runs"][0]["attempt"] == 2, st
+    assert no_trainer_in(rdir, 30)  # a finished trainer exits soon after its result
+
+
+@linux_only
+def test_killed_pool_is_started_again(planned_sweep, tmp_path):
+    """A killed local pool used to leave its waiting runs queued for ever (and `submit` said
+    nothing to submit). The next status starts a pool again; every run trains exactly once."""
+    engine, workdir = planned_sweep(budgets="[3.0e10]", points=3)
+    prof = local_profile(tmp_path, "workers: 1\n")  # the later key wins: one job at a time
+    run_isoflop("submit", "tiny", "--profile", prof, workdir=workdir)
+    jobs = workdir / "local" / "jobs"
+    t0 = time.time()
+    while not list(jobs.glob("*.state")):
+        assert time.time() - t0 < 30
+        time.sleep(0.1)
+    for pid in pools_of(workdir):
+        os.kill(pid, signal.SIGKILL)
+    st = wait_done(workdir, timeout=240)
+    assert st["counts"] == {"completed": 3}, st
+    with Session(engine) as s:
+        assert sorted(a for (a,) in s.execute(select(Attempt.state))) == ["completed"] * 3
+    assert len(list(jobs.glob("*.json"))) == 3  # no job was made twice

@@ -175,6 +175,32 @@ def test_killed_submit_makes_no_duplicate_jobs(slurm_cluster, planned_sweep, tmp
         scancel_named(f"isoflop-{name}-")
 
 
+def test_submit_killed_before_the_pickle_submits_again(slurm_cluster, planned_sweep, tmp_path):
+    """A submit killed after sbatch made the jobs but before submitit wrote their pickles: such a
+    job waits for its pickle and dies, so it used to be adopted and every run lost an attempt.
+    Now it is cancelled, the intent abandoned and the run submitted again; each trains once."""
+    name = "kill-pickle"
+    engine, workdir = planned_sweep(name=name, budgets="[3.0e10]", points=3)
+    prof = profile(tmp_path, pack=0)  # one job per run
+    try:
+        p = run_isoflop("submit", name, "--profile", prof, workdir=workdir, check=False,
+                        ISOFLOP_TEST_DIE_AFTER="job-created")
+        assert p.returncode == -9, p.stderr
+        assert len(jobs_named(f"isoflop-{name}-")) == 3
+        assert not list((workdir / "runs" / name / ".submitit").glob("*/*_submitted.pkl"))
+        run_isoflop("submit", name, "--profile", prof, workdir=workdir)
+        with Session(engine) as s:
+            states = sorted(st for (st,) in s.execute(select(Attempt.state)))
+        assert states.count("abandoned") == 3 and len(states) == 6, states
+        st = wait_until(workdir, lambda s: s["active"] == 0, timeout=240, name=name, poll=2)
+        assert st["counts"] == {"completed": 3}, st
+        assert all(r["attempt"] == 2 for r in st["runs"]), st
+        with Session(engine) as s:
+            assert sorted(st for (st,) in s.execute(select(Attempt.state))) == ["abandoned"] * 3 + ["completed"] * 3
+    finally:
+        scancel_named(f"isoflop-{name}-")
+
+
 @pytest.mark.slow
 def test_time_limit_requeues_and_resumes(slurm_cluster, planned_sweep, tmp_path):
     """A run longer than its job's time limit: USR2 -> checkpoint -> requeue -> resume -> completed."""
