@@ -182,3 +182,38 @@ def test_nanogpt_eval_interval_not_dividing_steps_is_stale(tmp_path):
     res = json.loads((run_dir / F.RESULT).read_text())
     assert res["step"] == 30 and res["planned_steps"] == 40
     assert not run_finished(run_dir)  # the job trains it again rather than skipping it
+
+
+def test_a_live_trainer_keeps_its_run_running(planned_sweep, tmp_path):
+    """Finding 4's evidence: a job gone from the scheduler while its trainer still trains the run
+    folder is not `lost` (a retry would start a second trainer there); a pid reused by another
+    process, or a dead one, is not that trainer."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from isoflop.dispatch.evidence import trainer_alive
+
+    engine, workdir = planned_sweep(points=1)
+    (rid, rdir), = _submitted(engine, workdir).items()
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    trainer = subprocess.Popen(sleep, env={**os.environ, "ISOFLOP_RUN_DIR": str(rdir)})
+    other = subprocess.Popen(sleep)
+    try:
+        host = socket.gethostname()
+        assert trainer_alive(trainer.pid, host, rdir) is True
+        assert trainer_alive(other.pid, host, rdir) is False  # a reused pid
+        assert trainer_alive(trainer.pid, "elsewhere", rdir) is None  # cannot be known from here
+        F.write_json_atomic(F.status_path(rdir, 1), {"state": "running", "node": host, "trainer_pid": trainer.pid})
+        run = status(workdir)["runs"][0]
+        assert run["state"] == "running" and "trainer still runs" in run["reason"], run
+        trainer.kill()
+        trainer.wait()
+        assert trainer_alive(trainer.pid, host, rdir) is False
+        run = status(workdir)["runs"][0]
+        assert run["state"] == "lost" and "left the scheduler without a result" in run["reason"], run
+    finally:
+        for p in (trainer, other):
+            p.kill()
+            p.wait()

@@ -34,22 +34,26 @@ def _reported(status: dict[str, Any]) -> Optional[AttemptState]:
         return None  # absent, or a word this version does not know: ask the scheduler
 
 
-def pid_alive(pid: Any, node: Any) -> Optional[bool]:
-    """Whether a process recorded by a job still runs; None when it cannot be known from here
-    (another node, or no pid recorded)."""
+def trainer_alive(pid: Any, node: Any, rdir: Path) -> Optional[bool]:
+    """Whether the trainer a job recorded still runs; None when that cannot be known from here
+    (another node, or no pid recorded). A pid reused by another process does not count: the
+    trainer's environment names its run folder (ISOFLOP_RUN_DIR)."""
     if not isinstance(pid, int) or pid <= 0 or node != _HOST:
         return None
+    proc = Path(f"/proc/{pid}")
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = (proc / "stat").read_text()
+    except FileNotFoundError:
         return False
-    except PermissionError:
-        return True
-    try:  # a zombie is dead for our purpose
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat[stat.rfind(")") + 2:][:1] not in ("Z", "X")
     except OSError:
-        return True
+        return None
+    if stat[stat.rfind(")") + 2:][:1] in ("Z", "X"):
+        return False
+    try:
+        env = (proc / "environ").read_bytes().split(b"\0")
+    except OSError:
+        return True  # another user's process: it exists, and that is all we can tell
+    return f"ISOFLOP_RUN_DIR={os.path.abspath(rdir)}".encode() in env
 
 
 def read_result(rdir: Path, run_id: str, planned_steps: Optional[int]) -> ResultCheck:
@@ -69,7 +73,7 @@ def gather(row: Any, rdir: Path, info: Any, unreachable: bool, last_step: Option
     ev = Evidence(
         result=check.kind, result_reason=check.reason, reported=_reported(status),
         reported_reason=status.get("reason"), scheduler=sched, sched_state=word, job_id=row.job_id or "",
-        trainer_alive=pid_alive(status.get("trainer_pid"), status.get("node")) if sched in (
+        trainer_alive=trainer_alive(status.get("trainer_pid"), status.get("node"), rdir) if sched in (
             Scheduler.ENDED, Scheduler.UNKNOWN) else None,
         last_step=last_step,
     )

@@ -207,7 +207,7 @@ def _sync_one(s: Session, r: Any, runs_root: Path, info: Any, unreachable: bool,
         moved = set_aside_result(rdir, r.number, t.reason or check.kind.value)
         if moved is not None:
             reason = f"{reason}; moved to {moved.name}"
-    if not t.final and not t.changes(r.run_state, r.state):
+    if not t.final and not t.changes(r.run_state, r.state) and t.reason is None:
         return upd, a
     if t.final:
         a.update(reason=reason, ended_at=_parse_time(status.get("ended_at")) or now)
