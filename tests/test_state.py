@@ -121,7 +121,8 @@ def test_unreachable_scheduler_never_changes_state(rs, at, ev):
 def test_transitions_are_consistent(rs, at, ev):
     t = decide(rs.value, at.value, ev)
     assert t.final == (t.attempt_state.value in FINAL_STATES)
-    if t.run_state != S.SUPERSEDED and t.final:
-        assert t.run_state.value == t.attempt_state.value and t.reason or t.run_state == S.COMPLETED
+    if t.run_state != S.SUPERSEDED and t.final:  # the run ends as its attempt did, and says why
+        assert t.run_state.value == t.attempt_state.value
+        assert t.reason or t.run_state == S.COMPLETED
     if ev.result in (R.INVALID, R.STALE, R.DIVERGED):  # a result that does not count is never fitted
         assert t.run_state in (S.FAILED, S.DIVERGED, S.SUPERSEDED) and t.final
