@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from .dispatch.state import ResultKind
 
@@ -76,6 +76,13 @@ class Result(BaseModel):
     diverged: bool = False
     diverged_step: Optional[int] = None
 
+    @field_validator("val_loss", "train_loss", mode="before")
+    @classmethod
+    def _loss_is_a_number(cls, v: Any) -> Any:
+        if isinstance(v, bool):  # pydantic would read true as 1.0: a loss of 1.0 nobody measured
+            raise ValueError("a loss must be a number, not a boolean")
+        return v
+
     @model_validator(mode="after")
     def _step_from_steps(self) -> "Result":
         if self.step is None:
@@ -84,7 +91,7 @@ class Result(BaseModel):
 
     @property
     def is_diverged(self) -> bool:
-        return self.diverged or self.status == "diverged" or not _finite(self.val_loss) and self.val_loss is not None
+        return self.diverged or self.status == "diverged" or (self.val_loss is not None and not _finite(self.val_loss))
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -114,8 +121,9 @@ def classify(result: Result, *, run_id: Optional[str] = None, planned_steps: Opt
         return ResultCheck(ResultKind.INVALID, None, f"it belongs to run {result.run_id!r}, not {run_id!r}")
     if result.is_diverged:
         at = result.diverged_step if result.diverged_step is not None else result.step
+        where = f"diverged at step {at}" if at is not None else "diverged"
         loss = "" if result.val_loss is None or _finite(result.val_loss) else f" (val_loss {result.val_loss})"
-        return ResultCheck(ResultKind.DIVERGED, result, f"diverged at step {at}{loss}")
+        return ResultCheck(ResultKind.DIVERGED, result, where + loss)
     if result.val_loss is None:
         return ResultCheck(ResultKind.INVALID, None, "it has no val_loss")
     planned = planned_steps or result.planned_steps

@@ -126,3 +126,72 @@ def test_transitions_are_consistent(rs, at, ev):
         assert t.reason or t.run_state == S.COMPLETED
     if ev.result in (R.INVALID, R.STALE, R.DIVERGED):  # a result that does not count is never fitted
         assert t.run_state in (S.FAILED, S.DIVERGED, S.SUPERSEDED) and t.final
+
+
+# ------------------------------------------------------------------ what a result.json says
+
+from isoflop.schemas import check_result, parse_result  # noqa: E402
+
+RESULTS = [
+    ({"run_id": "r", "val_loss": 3.2, "step": 100}, R.VALID, None),
+    ({"run_id": "r", "val_loss": "3.2", "steps": 100}, R.VALID, None),  # older results: steps, a string loss
+    ({"run_id": "r", "val_loss": 3.2}, R.VALID, None),  # no step: trusted (an external script's own file)
+    ({"run_id": "r", "val_loss": "abc", "step": 100}, R.INVALID, "val_loss"),
+    ({"run_id": "r", "val_loss": True, "step": 100}, R.INVALID, "boolean"),
+    ({"run_id": "r", "step": 100}, R.INVALID, "no val_loss"),
+    ({"run_id": "other", "val_loss": 3.2, "step": 100}, R.INVALID, "belongs to run 'other'"),
+    ({"run_id": "r", "val_loss": 3.2, "step": "x"}, R.INVALID, "step"),
+    ({"run_id": "r", "val_loss": 3.2, "status": "great"}, R.INVALID, "status"),
+    ([3.2], R.INVALID, "JSON list"),
+    ({"run_id": "r", "val_loss": float("nan"), "step": 100}, R.DIVERGED, "val_loss nan"),
+    ({"run_id": "r", "val_loss": float("inf"), "step": 100}, R.DIVERGED, "val_loss inf"),
+    ({"run_id": "r", "val_loss": None, "diverged": True, "diverged_step": 40}, R.DIVERGED, "step 40"),
+    ({"run_id": "r", "val_loss": 3.2, "status": "diverged", "step": 7}, R.DIVERGED, "step 7"),
+    ({"run_id": "r", "val_loss": 3.2, "step": 99}, R.STALE, "step 99 of 100"),
+    ({"run_id": "r", "val_loss": 3.2, "step": 50, "planned_steps": 60}, R.STALE, "step 50 of 100"),
+]
+
+
+@pytest.mark.parametrize("data,kind,words", RESULTS)
+def test_result_kinds(data, kind, words):
+    c = parse_result(data, run_id="r", planned_steps=100)
+    assert c.kind == kind, c
+    assert (c.result is not None) == (kind in (R.VALID, R.DIVERGED, R.STALE))
+    if words:
+        assert words in c.reason, c.reason
+
+
+def test_result_files(tmp_path):
+    p = tmp_path / "result.json"
+    assert check_result(p).kind == R.ABSENT
+    p.write_text('{"run_id": "r", "val_loss": 3.')
+    c = check_result(p, run_id="r")
+    assert c.kind == R.INVALID and "not valid JSON" in c.reason and "truncated?" in c.reason
+    p.write_bytes(b"\xff\xfe")
+    assert check_result(p).kind == R.INVALID
+    p.write_text('{"run_id": "r", "val_loss": NaN, "step": 5}')  # what Python's json writes for NaN
+    assert check_result(p, run_id="r", planned_steps=5).kind == R.DIVERGED
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=5),
+                           lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+                           max_leaves=8)
+result_keys = st.sampled_from(["run_id", "val_loss", "train_loss", "step", "steps", "planned_steps", "status",
+                               "diverged", "diverged_step", "tokens", "wall_s"])
+
+
+@given(st.dictionaries(result_keys, json_values, max_size=8), st.none() | st.integers(1, 10**6))
+def test_any_result_is_judged_never_raises(data, planned):
+    c = parse_result(data, run_id="r", planned_steps=planned)
+    assert c.kind != R.ABSENT
+    assert (c.reason is None) == (c.kind == R.VALID)
+    if c.kind == R.VALID:  # only a finite loss from the planned last step (or no step said) counts
+        assert c.result.val_loss is not None and c.result.val_loss == c.result.val_loss
+        assert abs(c.result.val_loss) != float("inf")
+        assert planned is None or c.result.step is None or c.result.step >= planned
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False), st.integers(1, 10**6), st.integers(0, 10**6))
+def test_a_finite_loss_counts_only_from_the_last_step(loss, planned, step):
+    c = parse_result({"run_id": "r", "val_loss": loss, "step": step}, run_id="r", planned_steps=planned)
+    assert c.kind == (R.VALID if step >= planned else R.STALE)
