@@ -11,11 +11,16 @@ starts already reach the best optimum found from all 4500 (objective 1.01827e-3)
 
 `method="varpro"` — variable projection: for fixed (α, β) the model is linear
 in (E, A, B), solved with E, A, B ≥ 0 by non-negative least squares
-(scipy.optimize.nnls) on L ≈ E + A·N^−α + B·D^−β (squared error in L); only
-(α, β) are searched, on a grid (0.02 … 2 by 0.02) then refined by
-Nelder–Mead. Far better conditioned than the 5-parameter fit (A and B are no
-longer traded against α and β along a ridge) but a different loss, so its
-numbers differ slightly from `lse`.
+(scipy.optimize.nnls) on L ≈ E + A·N^−α + B·D^−β; only (α, β) are searched,
+on a grid (0.02 … 2 by 0.02) then refined by Nelder–Mead. It minimises a
+different objective from `lse`: the plain sum of squared errors in L (not
+Huber on ln L), so every point counts by its squared error in nats and the
+largest losses (the smallest runs) weigh most, where `lse` weighs relative
+errors and caps outliers. Its search is cheaper and has no 5-dimensional
+ridge to wander along, but it is not the same estimate: on Epoch's 240
+Chinchilla points it gives a = 0.545 where `lse` gives 0.514 (Epoch's
+published 0.513). Use `lse` to compare with published fits; `varpro` is a
+second opinion under squared error, not a better-conditioned `lse`.
 
 `method="all"` returns both. a = β/(α+β) is N_opt's exponent implied by the fit.
 """
@@ -94,11 +99,14 @@ def lse_grid() -> np.ndarray:
     return np.array(list(itertools.product(rng_ab, rng_ab, rng_e, rng_exp, rng_exp)), dtype=float)
 
 
-def fit_lse(params, tokens, loss, *, delta: float = HUBER_DELTA, n_starts: int | None = 20) -> ParametricFit:
+def fit_lse(params, tokens, loss, *, delta: float = HUBER_DELTA, n_starts: int | None = 20,
+            weights=None) -> ParametricFit:
+    """weights: per point (e.g. the runs behind a size's mean loss); None: 1 each."""
     from scipy.optimize import minimize
 
     n, d, y = _check(params, tokens, loss)
     ln, ld, ly = np.log(n), np.log(d), np.log(y)
+    wt = np.ones_like(y) if weights is None else np.asarray(weights, dtype=float).ravel()
 
     def fun(p: np.ndarray) -> tuple[float, np.ndarray]:
         a, b, e, al, be = p
@@ -108,10 +116,10 @@ def fit_lse(params, tokens, loss, *, delta: float = HUBER_DELTA, n_starts: int |
         s = w.sum(0)
         r = m + np.log(s) - ly
         w /= s
-        g = np.clip(r, -delta, delta)
+        g = np.clip(r, -delta, delta) * wt
         grad = np.array([(g * w[0]).sum(), (g * w[1]).sum(), (g * w[2]).sum(),
                          -(g * w[0] * ln).sum(), -(g * w[1] * ld).sum()])
-        return float(_huber(r, delta).sum()), grad
+        return float((wt * _huber(r, delta)).sum()), grad
 
     grid = lse_grid()
     if n_starts is None or n_starts >= len(grid):
@@ -124,7 +132,7 @@ def fit_lse(params, tokens, loss, *, delta: float = HUBER_DELTA, n_starts: int |
             t1 = gch[:, 0, None] - gch[:, 3, None] * ln[None, :]
             t2 = gch[:, 1, None] - gch[:, 4, None] * ld[None, :]
             pred = np.logaddexp(np.logaddexp(t1, t2), gch[:, 2, None])
-            vals[i:i + 500] = _huber(pred - ly[None, :], delta).sum(1)
+            vals[i:i + 500] = (wt[None, :] * _huber(pred - ly[None, :], delta)).sum(1)
         starts = grid[np.argsort(vals, kind="stable")[: max(1, int(n_starts))]]
     best = None
     for x0 in starts:  # scipy's default tolerances from every start ...
@@ -190,13 +198,66 @@ def fit_varpro(params, tokens, loss, *, grid_step: float = 0.02, max_exponent: f
                          objective=sse, n_points=len(y), converged=bool(res.success))
 
 
-def fit_parametric(params, tokens, loss, *, method: str = "lse", n_starts: int | None = 20) -> tuple[ParametricFit, ...]:
-    """Fit L(N, D); returns one fit per method (`method="all"`: lse then varpro)."""
+def fit_parametric(params, tokens, loss, *, method: str = "lse", n_starts: int | None = 20,
+                   weights=None) -> tuple[ParametricFit, ...]:
+    """Fit L(N, D); returns one fit per method (`method="all"`: lse then varpro).
+
+    weights (lse only): per point, e.g. the number of runs behind a mean loss.
+    """
     methods = METHODS if method == "all" else (method,)
     for m in methods:
         if m not in METHODS:
             raise ValueError(f"parametric method must be one of {METHODS + ('all',)}, got {method!r}")
     out = []
     for m in methods:
-        out.append(fit_lse(params, tokens, loss, n_starts=n_starts) if m == "lse" else fit_varpro(params, tokens, loss))
+        out.append(fit_lse(params, tokens, loss, n_starts=n_starts, weights=weights) if m == "lse"
+                   else fit_varpro(params, tokens, loss))
     return tuple(out)
+
+
+def lse_draws(fit: ParametricFit, params, tokens, loss, sigma: float, n_draws: int, seed: int = 0,
+              weights=None) -> np.ndarray:
+    """Draws of (E, A, B, α, β) around an `lse` fit from its linearised sampling distribution.
+
+    The noise model is the bootstrap's: each run's loss has noise σ (a mean of
+    k runs σ/√k), so ln L has σ/L. Linearising ln L̂ in (ln A, ln B, ln E, α, β)
+    at the fit gives the Jacobian J; Huber with δ = 1e-3 on residuals larger
+    than δ is least absolute deviations, whose covariance is π/2 times least
+    squares': Σ = (π/2)·(Jᵀ·diag(L²/σ²)·J)⁻¹. Where the data cannot pin E
+    (or A, B), Σ is large in that direction and so are the intervals: the
+    draws of ln E spread, and E = e^(ln E) stays positive. Draws with α or
+    β ≤ 0 are NaN rows. A pseudo-inverse keeps a rank-deficient fit finite
+    (that direction then gets no spread: the caller checks the fit first).
+    """
+    n, d, y = _check(params, tokens, loss)
+    wt = np.ones_like(y) if weights is None else np.asarray(weights, dtype=float).ravel()
+    la, lb, le = math.log(fit.A), math.log(fit.B), math.log(fit.E)
+    t = np.stack([la - fit.alpha * np.log(n), lb - fit.beta * np.log(d), np.full_like(n, le)])
+    m = t.max(0)
+    w = np.exp(t - m)
+    w /= w.sum(0)
+    jac = np.stack([w[0], w[1], w[2], -w[0] * np.log(n), -w[1] * np.log(d)], axis=1)   # ∂ln L̂/∂θ
+    prec = wt * (y / sigma) ** 2          # 1/var of ln L per point
+    info = (jac * prec[:, None]).T @ jac
+    cov = (math.pi / 2.0) * np.linalg.pinv(info)
+    rng = np.random.default_rng(seed)
+    theta = np.array([la, lb, le, fit.alpha, fit.beta])
+    evals, evecs = np.linalg.eigh((cov + cov.T) / 2.0)
+    root = evecs * np.sqrt(np.clip(evals, 0.0, None))
+    draws = theta[None, :] + rng.standard_normal((int(n_draws), 5)) @ root.T
+    with np.errstate(over="ignore"):
+        out = np.stack([np.exp(draws[:, 2]), np.exp(draws[:, 0]), np.exp(draws[:, 1]), draws[:, 3], draws[:, 4]], 1)
+    bad = ~((out[:, 3] > 0) & (out[:, 4] > 0) & np.isfinite(out).all(1))
+    out[bad] = np.nan
+    return out
+
+
+def optimum_of(theta: np.ndarray, compute: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """N_opt, D_opt, L_opt at C = 6ND for rows (E, A, B, α, β) of theta (closed form, Hoffmann et al.)."""
+    e, a, b, al, be = theta.T
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        g = (al * a / (be * b)) ** (1.0 / (al + be))
+        n = g * (compute / 6.0) ** (be / (al + be))
+        d = compute / (6.0 * n)
+        loss = e + a / n ** al + b / d ** be
+    return n, d, loss

@@ -36,7 +36,7 @@ from .isoflop import (MINIMIZERS, VERTEX_OUT_OF_RANGE, IsoflopFit, fit_budget, g
                       normalise_window, selected)
 from .losslaw import LossLaw, fit_loss_law
 from .noise import NoiseEstimate, find_outliers, residual_noise, seed_noise, size_groups, size_means
-from .parametric import ParametricFit, fit_parametric
+from .parametric import ParametricFit, fit_parametric, lse_draws, optimum_of
 from .table import FitTable, snap_budgets
 
 
@@ -70,6 +70,24 @@ class Prediction:
     n_opt_parametric: float | None = None
     d_opt_parametric: float | None = None
     loss_opt_parametric: float | None = None
+    n_opt_parametric_ci: tuple[float, float] | None = None
+    d_opt_parametric_ci: tuple[float, float] | None = None
+    loss_opt_parametric_ci: tuple[float, float] | None = None
+    #: the loss law E + k·C^−γ through the per-budget minima (whichever model loss_opt came from)
+    loss_opt_law: float | None = None
+    loss_opt_law_ci: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class ParametricCheck:
+    """Whether the parametric L(N, D) may give L_opt predictions: its L_opt at each used budget against
+    the measured minimum, χ² over budgets with both uncertainties (bootstrap and linearised fit)."""
+
+    used: bool
+    chi2: float
+    budgets: int
+    p_value: float
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -115,10 +133,14 @@ class FitReport:
     budget_median: tuple[float | None, ...] = ()              # per budget: bootstrap median of N_opt
     budget_loss_ci: tuple[tuple[float, float] | None, ...] = ()  # per budget: 5–95% of L_opt
     noise: NoiseEstimate | None = None                        # the noise model of the bootstrap
+    #: does the parametric fit agree with the per-budget minima? (used, p-value, text); None without one
+    parametric_check: ParametricCheck | None = None
+    parametric_draws: np.ndarray | None = field(default=None, repr=False)   # (R, 5): E, A, B, α, β
     outliers: tuple[Excluded, ...] = ()                       # runs left out as outliers (also in excluded)
 
     def predict(self, compute: Sequence[float]) -> tuple[Prediction, ...]:
-        return _predictions(self.frontier, self.samples, compute, self.parametric)
+        return _predictions(self.frontier, self.samples, compute, self.parametric, self.parametric_draws,
+                            self.parametric_check)
 
     def to_json(self) -> dict[str, Any]:
         return _clean(_report_json(self))
@@ -163,19 +185,21 @@ LOSS_LAW_MODEL = "L_opt = E + k·C^-γ through the per-budget minima"
 
 
 def _predictions(frontier: Frontier | None, samples: FrontierSamples | None,
-                 compute: Sequence[float], parametric: Sequence[ParametricFit] = ()) -> tuple[Prediction, ...]:
+                 compute: Sequence[float], parametric: Sequence[ParametricFit] = (),
+                 par_draws: np.ndarray | None = None, check: ParametricCheck | None = None) -> tuple[Prediction, ...]:
     """The frontier at new budgets.
 
     N_opt and D_opt from the params and tokens power laws (D_opt from the
     tokens law fitted on each budget's D_opt under the sweep's own FLOP
     convention, not C/(6·N_opt): under `exact` or `6ND+attention` the tokens a
-    run of N_opt gets are not C/(6·N_opt)). L_opt from the loss law with an
-    irreducible term E + k·C^−γ when at least 3 budgets are used (a pure power
-    law in C has no floor and under-predicts far out), else the pure power
-    law, and `loss_opt_model` says which. Intervals are the 5–95% percentiles
-    of each law over the seed-noise bootstrap resamples. A parametric fit
-    L(N, D), where there is one, gives its own N_opt, D_opt, L_opt beside
-    them (`*_parametric`, closed form of Hoffmann et al.).
+    run of N_opt gets are not C/(6·N_opt)). L_opt, in order of preference:
+    the parametric fit L(N, D) when there is one and it agrees with the
+    per-budget minima (`ParametricCheck`), with an interval from its
+    linearised sampling distribution (`parametric.lse_draws`); else the loss
+    law with an irreducible term E + k·C^−γ (≥ 3 budgets); else the pure
+    power law. `loss_opt_model` names the one used; the others are reported
+    beside it. Intervals are 5–95% percentiles over the seed-noise bootstrap
+    resamples (or the parametric draws).
     """
     if frontier is None:
         return ()
@@ -188,6 +212,7 @@ def _predictions(frontier: Frontier | None, samples: FrontierSamples | None,
         if law is not None:
             loss_opt = float(law(c))
             kw["loss_opt_model"] = LOSS_LAW_MODEL
+            kw["loss_opt_law"] = loss_opt
         if samples is not None and samples.ok.any():
             lc = math.log(c)
             ok = samples.ok
@@ -200,14 +225,54 @@ def _predictions(frontier: Frontier | None, samples: FrontierSamples | None,
             for key, vals in (("n_opt", np.exp(ln)), ("d_opt", np.exp(ld)), ("loss_opt", ll)):
                 ci, med = _ci(vals)
                 kw[f"{key}_ci"], kw[f"{key}_median"] = ci, med
+            if law is not None:
+                kw["loss_opt_law_ci"] = kw["loss_opt_ci"]
         for p in parametric[:1]:
             if math.isfinite(p.alpha) and p.alpha + p.beta > 0:
                 n_p, d_p = p.optimum(c)
                 kw.update(parametric_method=p.method, n_opt_parametric=float(n_p), d_opt_parametric=float(d_p),
                           loss_opt_parametric=float(p.loss(n_p, d_p)))
+                if par_draws is not None:
+                    nd, dd, lld = optimum_of(par_draws, c)
+                    kw["n_opt_parametric_ci"], _ = _ci(nd)
+                    kw["d_opt_parametric_ci"], _ = _ci(dd)
+                    kw["loss_opt_parametric_ci"], _ = _ci(lld)
+                if check is not None and check.used:
+                    loss_opt = kw["loss_opt_parametric"]
+                    kw["loss_opt_ci"] = kw.get("loss_opt_parametric_ci")
+                    kw["loss_opt_median"] = None
+                    kw["loss_opt_model"] = f"parametric {p.method}: L = E + A/N^α + B/D^β at its optimum"
         out.append(Prediction(budget=c, n_opt=float(frontier.params(c)), d_opt=float(frontier.tokens(c)),
                               loss_opt=loss_opt, **kw))
     return tuple(out)
+
+
+def _parametric_check(fit: ParametricFit, draws: np.ndarray | None, fits: Sequence[IsoflopFit],
+                      sel_idx: list[int], bv: BootstrapVertices | None) -> ParametricCheck:
+    """χ² of (parametric L_opt − measured L_opt) over the used budgets, each with both variances."""
+    from scipy.stats import chi2 as chi2_dist
+
+    if draws is None or bv is None or len(sel_idx) < 3:
+        return ParametricCheck(False, math.nan, len(sel_idx), math.nan,
+                               "no bootstrap to compare it with" if bv is None else "fewer than 3 budgets")
+    z2 = []
+    for col, i in enumerate(sel_idx):
+        f = fits[i]
+        n_p, d_p = fit.optimum(f.budget)
+        l_par = float(fit.loss(n_p, d_p))
+        _, _, l_draw = optimum_of(draws, f.budget)
+        q = np.nanpercentile(np.concatenate([bv.loss[bv.valid[:, col], col]]), [25, 75])
+        var_meas = ((q[1] - q[0]) / 1.349) ** 2
+        qp = np.nanpercentile(l_draw, [25, 75])
+        var_par = ((qp[1] - qp[0]) / 1.349) ** 2
+        z2.append((l_par - f.loss_opt) ** 2 / max(var_meas + var_par, 1e-12))
+    chi2 = float(np.sum(z2))
+    g = len(z2)
+    pv = float(chi2_dist.sf(chi2, g))
+    if pv >= 0.01:
+        return ParametricCheck(True, chi2, g, pv, f"agrees with the minima of {g} budgets (χ² {chi2:.1f}, p = {pv:.2g})")
+    return ParametricCheck(False, chi2, g, pv, f"disagrees with the minima of {g} budgets (χ² {chi2:.1f}, "
+                           f"p = {pv:.2g}): L_opt predictions use the loss law instead")
 
 
 def _noise_and_outliers(groups: list[tuple[float, np.ndarray, np.ndarray]]
@@ -250,7 +315,7 @@ def _noise_and_outliers(groups: list[tuple[float, np.ndarray, np.ndarray]]
 # ---------------------------------------------------------------------------- the fit
 def fit_sweep(table: FitTable, *, window: int | str | None = 5, minimizer: str = "akima",
               keep_flagged: bool | Sequence[str] = False, bootstrap: int = 1000, seed: int = 0,
-              predict: Sequence[float] = (), holdout_top: int = 0, parametric: str | None = None,
+              predict: Sequence[float] = (), holdout_top: int = 0, parametric: str | None = "auto",
               curves: Sequence[Any] | None = None, budgets: Sequence[float] | None = None,
               budget_tolerance: float = 0.10, n_starts: int | None = 20) -> FitReport:
     """Fit a sweep: per-budget optima, frontier with bootstrap intervals, predictions, extras.
@@ -360,19 +425,32 @@ def fit_sweep(table: FitTable, *, window: int | str | None = 5, minimizer: str =
 
     par: tuple[ParametricFit, ...] = ()
     par_reason = None
-    if parametric == "auto":
+    auto_parametric = parametric == "auto"
+    if auto_parametric:
         parametric = "lse" if len(sel_idx) >= 3 else None
     if parametric is not None:
         keep_rows = np.zeros(len(n_all), dtype=bool)
         for _, idx in by_budget:
             keep_rows[idx] = True
+        pn, pd, py, pw = n_all[keep_rows], d_all[keep_rows], y_all[keep_rows], None
+        if parametric == "lse" and auto_parametric:
+            # by default, one point per (budget, size): the mean over its seeds, weighted by their number
+            # (the same Huber sum where there is one run per size, and 25× cheaper on 25 seeds)
+            pn, pd, py, pw = _size_means(by_budget, n_all, d_all, y_all)
         try:
-            par = fit_parametric(n_all[keep_rows], d_all[keep_rows], y_all[keep_rows],
-                                 method=parametric, n_starts=n_starts)
+            # by default 3 starts: the best grid starts reach the same optimum (see parametric.py), 0.1 s each
+            par = fit_parametric(pn, pd, py, method=parametric, weights=pw,
+                                 n_starts=min(n_starts or 3, 3) if auto_parametric else n_starts)
         except ValueError as exc:
             par_reason = str(exc)
 
-    preds = _predictions(frontier, samples, predict, par)
+    par_draws = check = None
+    if par and par[0].method == "lse" and math.isfinite(par[0].E) and par[0].E > 0 and np.isfinite(noise.sigma) \
+            and int(bootstrap) > 0:
+        par_draws = lse_draws(par[0], pn, pd, py, noise.sigma, int(bootstrap), seed, pw)
+    if par and frontier is not None:
+        check = _parametric_check(par[0], par_draws, fits, sel_idx, bv)
+    preds = _predictions(frontier, samples, predict, par, par_draws, check)
 
     backtest = None
     if int(holdout_top) > 0:
@@ -388,7 +466,21 @@ def fit_sweep(table: FitTable, *, window: int | str | None = 5, minimizer: str =
                      backtest=backtest, envelope=env, settings=settings, points=tuple(groups), bootstrap=bv,
                      samples=samples, budget_ci=tuple(budget_ci), budget_d_ci=tuple(budget_d_ci),
                      budget_median=tuple(budget_med), budget_loss_ci=tuple(budget_l_ci), noise=noise,
-                     outliers=tuple(outliers))
+                     outliers=tuple(outliers), parametric_check=check, parametric_draws=par_draws)
+
+
+def _size_means(by_budget, n_all, d_all, y_all):
+    """(N, D, mean loss, runs) per (budget, merged size)."""
+    cols: list[list[np.ndarray]] = [[], [], [], []]
+    for _, idx in by_budget:
+        x = np.log(n_all[idx])
+        order = np.argsort(x, kind="stable")
+        sid, ux = size_groups(x[order])
+        means, k = size_means(sid, y_all[idx][order], len(ux))
+        dm = np.bincount(sid, weights=np.log(d_all[idx][order]), minlength=len(ux)) / k
+        for lst, v in zip(cols, (np.exp(ux), np.exp(dm), means, k)):
+            lst.append(v)
+    return tuple(np.concatenate(c) for c in cols)
 
 
 def _frontier_with_ci(fr: Frontier, samples: FrontierSamples) -> Frontier:
