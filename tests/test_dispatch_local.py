@@ -282,12 +282,12 @@ def test_killed_local_job_takes_its_trainer(planned_sweep, tmp_path):
     engine, workdir = planned_sweep(budgets="[1.0e11]", points=1)
     prof = local_profile(tmp_path)
     run_isoflop("submit", "tiny", "--profile", prof, workdir=workdir)
-    run = wait_running(workdir, 10)["runs"][0]
+    run = wait_running(workdir, 5)["runs"][0]
     rdir = workdir / "runs" / "tiny" / run["run_id"]
     assert trainers_in(rdir)
     job = json.loads((workdir / "local" / "jobs" / f"{run['job_id']}.state").read_text())
     os.kill(job["pid"], signal.SIGKILL)
-    assert no_trainer_in(rdir, 15), "the trainer outlived its job"
+    assert no_trainer_in(rdir, 5), "the trainer outlived its job"  # the run has far more to go
     st = wait_done(workdir)
     assert st["runs"][0]["state"] == "lost", st
     run_isoflop("retry", "tiny", "--lost", "--profile", prof, workdir=workdir)

@@ -1,33 +1,11 @@
 """Command templates: how a run becomes a shell command line, and how its result comes back.
 
 A command template is a small YAML file (``templates/commands/<name>.yaml`` or a user's
-path) whose ``command`` is Jinja2. It is rendered once per run and attempt with the run's
-fields (see `template_context`). Every ``{{ ... }}`` output passes through a finalize hook
-that shell-quotes it (`shlex.quote`), so no value of a spec (vars, a data path, ...) can
-inject a command, and no template author can forget to quote. Constant text of the
-template is not touched; ``{{ "..." | raw }}`` is accepted on string literals only.
-
-Template keys (all but ``command`` optional):
-
-    description: one line shown by tools
-    command: the Jinja2 source of the shell command (YAML ``>-`` folds it onto one line)
-    native: true when the command writes RUN_DIR/result.json and metrics.jsonl itself in
-            isoflop's own format (the built-in trainer); otherwise the result is read from
-            $ISOFLOP_RESULT or `result_regex` and normalized by `collect_result`
-    result_regex: a regex that finds the final loss in the log (last match wins); group
-            ``loss`` (or the first group); optional groups ``step``, ``train_loss``, ``tokens``
-    progress_regex: a regex for progress lines in the log; group ``step`` (or the first
-            group) and any of ``train_loss``/``loss`` (or the second group), ``val_loss``,
-            ``tokens``; matches are appended to RUN_DIR/metrics.jsonl
-    resumable: false when the script cannot resume: an interrupted attempt then restarts
-            from scratch and the partial files are moved under RUN_DIR/attempt-<n>/
-    srun: true to prefix ``srun [srun_args]`` when the dispatcher runs on Slurm
-    srun_args: constant options for that srun
-    stop_signal: the signal to forward on a time limit/preemption instead of the one
-            asked (e.g. TERM for torchrun, which forwards SIGTERM to its workers)
-    cwd: the working folder of the command (Jinja2, not quoted: it is not shell text)
-    checkpoint_glob: what in RUN_DIR/checkpoint/ counts as a checkpoint to resume from
-            (e.g. ckpt.pt; default: anything)
+path; its keys are documented in README.md, "External trainers") whose ``command`` is Jinja2,
+rendered once per run and attempt with the run's fields (see `template_context`). Every
+``{{ ... }}`` output passes through a finalize hook that shell-quotes it (`shlex.quote`), so no
+value of a spec (vars, a data path, ...) can inject a command, and no template author can
+forget to quote. Constant text is not touched; ``{{ "..." | raw }}`` is for string literals only.
 """
 from __future__ import annotations
 
@@ -43,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError, field_validator
+
 from ..atomic import write_json_atomic
 from ..schemas import Result, check_result, classify
 from .state import ResultKind
@@ -57,30 +37,72 @@ BUILTIN_CHECKPOINT = "checkpoint.pt"  # the built-in trainer's
 LOG_PREFIX = "[isoflop] "  # lines the runner itself writes into the attempt log
 EXIT_PREEMPTED = 3
 
-_KEYS = {
-    "name", "description", "command", "native", "result_regex", "progress_regex", "resumable",
-    "srun", "srun_args", "stop_signal", "cwd", "checkpoint_glob",
-}
 _STOP_SIGNALS = {"TERM", "USR1", "USR2", "INT", "HUP"}
 # a command that died of (or exited 128+) one of these was stopped by a scheduler, not broken
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT, signal.SIGHUP)
 
 
-@dataclass(frozen=True)
-class CommandTemplate:
+class CommandTemplate(BaseModel):
+    """A command template file, validated (README.md, "External trainers")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     name: str
     command: str  # Jinja2 source
     result_regex: Optional[str] = None
     progress_regex: Optional[str] = None
-    resumable: bool = True
-    srun: bool = False
+    resumable: StrictBool = True
+    srun: StrictBool = False
     description: str = ""
-    native: bool = False
+    native: StrictBool = False
     srun_args: str = ""
     stop_signal: Optional[str] = None
     cwd: Optional[str] = None
     checkpoint_glob: Optional[str] = None
     path: Optional[str] = None  # the file it was loaded from
+
+    @field_validator("command", "cwd")
+    @classmethod
+    def _jinja(cls, v: Optional[str]) -> Optional[str]:
+        from jinja2 import TemplateSyntaxError
+
+        if v is not None and not v.strip():
+            raise ValueError("must be a non-empty string")
+        try:
+            _check_raw_literals(v) if v is not None else None
+        except TemplateSyntaxError as e:
+            raise ValueError(f"Jinja2 syntax error at line {e.lineno}: {e.message}") from None
+        return v
+
+    @field_validator("result_regex", "progress_regex")
+    @classmethod
+    def _regex(cls, v: Optional[str], info: Any) -> Optional[str]:
+        if v is None:
+            return v
+        try:
+            c = re.compile(v)
+        except re.error as e:
+            raise ValueError(f"not a valid regular expression: {e}") from None
+        if info.field_name == "result_regex" and c.groups < 1:
+            raise ValueError("needs a group for the loss: (?P<loss>...)")
+        if info.field_name == "progress_regex" and c.groups < 2 and not (
+                "step" in c.groupindex and {"loss", "train_loss", "val_loss"} & set(c.groupindex)):
+            raise ValueError("needs a step group and a loss group")
+        return v
+
+    @field_validator("stop_signal", mode="before")
+    @classmethod
+    def _signal(cls, v: Any) -> Optional[str]:
+        if v is not None and str(v).upper().removeprefix("SIG") not in _STOP_SIGNALS:
+            raise ValueError(f"must be one of {', '.join(sorted(_STOP_SIGNALS))}")
+        return None if v is None else str(v).upper().removeprefix("SIG")
+
+    @field_validator("checkpoint_glob")
+    @classmethod
+    def _glob(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and (not v or "/" in v or ".." in v):
+            raise ValueError("must be a file name pattern such as 'ckpt.pt'")
+        return v
 
 
 @dataclass(frozen=True)
@@ -144,14 +166,13 @@ def _env(quoting: bool):
     return env
 
 
-def _check_raw_literals(source: str, where: str) -> None:
+def _check_raw_literals(source: str) -> None:
     """`raw` is for the template author's constants: refuse it on anything but a string literal."""
     from jinja2 import nodes
 
-    ast = _env(True).parse(source)
-    for f in ast.find_all(nodes.Filter):
+    for f in _env(True).parse(source).find_all(nodes.Filter):
         if f.name == "raw" and not isinstance(f.node, nodes.Const):
-            raise ValueError(f"{where}: the 'raw' filter is allowed on string literals only "
+            raise ValueError("the 'raw' filter is allowed on string literals only "
                              "(every substituted value is shell-quoted)")
 
 
@@ -189,77 +210,40 @@ def shipped_templates() -> list[str]:
     return sorted({p.stem for d in template_dirs() if d.is_dir() for p in d.glob("*.yaml")})
 
 
+def _one_line(e: ValidationError) -> str:
+    err = e.errors()[0]
+    key = ".".join(map(str, err["loc"]))
+    if err["type"] == "extra_forbidden":
+        return f"unknown key {key!r} (known: {', '.join(sorted(CommandTemplate.model_fields))})"
+    if err["type"] == "missing":  # only `command` has no default
+        return f"{key!r} must be a non-empty string"
+    if err["type"].startswith("bool"):
+        return f"{key!r} must be true or false, got {err['input']!r}"
+    return f"{key!r}: {err['msg'].removeprefix('Value error, ')}"
+
+
 def load_template(name_or_path: str) -> CommandTemplate:
     """A shipped template by name or a user's template file; ValueError (one line) when unusable."""
     import yaml
-    from jinja2 import TemplateSyntaxError
 
     p = _template_path(name_or_path)
     where = f"command template {p}"
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_bytes().decode("utf-8"))
     except OSError as e:
         raise ValueError(f"{where}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{where}: not UTF-8 text (byte {e.start})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
         raise ValueError(f"{where}: YAML syntax error{at}: {getattr(e, 'problem', e)}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{where}: must be a mapping with at least a 'command' key")
-    unknown = sorted(set(data) - _KEYS)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} "
-                         f"(known: {', '.join(sorted(_KEYS))})")
-    cmd = data.get("command")
-    if not isinstance(cmd, str) or not cmd.strip():
-        raise ValueError(f"{where}: 'command' must be a non-empty string")
-    for key in ("command", "cwd"):
-        src = data.get(key)
-        if src is None:
-            continue
-        if not isinstance(src, str):
-            raise ValueError(f"{where}: {key!r} must be a string")
-        try:
-            _env(True).parse(src)
-        except TemplateSyntaxError as e:
-            raise ValueError(f"{where}: Jinja2 syntax error in {key!r} at line {e.lineno}: {e.message}") from None
-        _check_raw_literals(src, where)
-    for key in ("result_regex", "progress_regex"):
-        rx = data.get(key)
-        if rx is None:
-            continue
-        if not isinstance(rx, str):
-            raise ValueError(f"{where}: {key!r} must be a string (a Python regular expression)")
-        try:
-            c = re.compile(rx)
-        except re.error as e:
-            raise ValueError(f"{where}: {key!r} is not a valid regular expression: {e}") from None
-        if key == "result_regex" and c.groups < 1:
-            raise ValueError(f"{where}: 'result_regex' needs a group for the loss: (?P<loss>...)")
-        if key == "progress_regex" and c.groups < 2 and not (
-                "step" in c.groupindex and {"loss", "train_loss", "val_loss"} & set(c.groupindex)):
-            raise ValueError(f"{where}: 'progress_regex' needs a step group and a loss group")
-    for key in ("native", "resumable", "srun"):
-        if key in data and not isinstance(data[key], bool):
-            raise ValueError(f"{where}: {key!r} must be true or false, got {data[key]!r}")
-    stop = data.get("stop_signal")
-    if stop is not None:
-        stop = str(stop).upper().removeprefix("SIG")
-        if stop not in _STOP_SIGNALS:
-            raise ValueError(f"{where}: 'stop_signal' must be one of {', '.join(sorted(_STOP_SIGNALS))}")
-    glob = data.get("checkpoint_glob")
-    if glob is not None and (not isinstance(glob, str) or not glob or "/" in glob or ".." in glob):
-        raise ValueError(f"{where}: 'checkpoint_glob' must be a file name pattern such as 'ckpt.pt'")
-    srun_args = data.get("srun_args") or ""
-    if not isinstance(srun_args, str):
-        raise ValueError(f"{where}: 'srun_args' must be a string")
-    return CommandTemplate(
-        name=str(data.get("name") or p.stem), command=cmd, result_regex=data.get("result_regex"),
-        progress_regex=data.get("progress_regex"), resumable=data.get("resumable", True),
-        srun=data.get("srun", False), description=str(data.get("description") or ""),
-        native=data.get("native", False), srun_args=srun_args, stop_signal=stop, cwd=data.get("cwd"),
-        checkpoint_glob=glob, path=str(p),
-    )
+    try:
+        return CommandTemplate.model_validate({"name": p.stem, **data, "path": str(p)})
+    except ValidationError as e:
+        raise ValueError(f"{where}: {_one_line(e)}") from None
 
 
 def template_of(definition: dict) -> CommandTemplate:

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Optional
 
 from sqlalchemy import delete, func, select
@@ -100,22 +98,6 @@ def cancel_sweep(engine: Engine, sweep_name: str, *, budget: Optional[float] = N
                                 tuple(j for js in kill.values() for j in js), tuple(marked))
 
 
-def _move_aside(rdir: Path, number: int) -> bool:
-    """Move result.json, checkpoint.pt and metrics.jsonl into attempt-<number>/ (never delete)."""
-    names = [n for n in (F.RESULT, F.CHECKPOINT, F.METRICS) if (rdir / n).exists()]
-    if not names:
-        return False
-    dest = rdir / f"attempt-{number}"
-    i = 1
-    while dest.exists():
-        i += 1
-        dest = rdir / f"attempt-{number}.{i}"
-    dest.mkdir(parents=True)
-    for n in names:
-        os.replace(rdir / n, dest / n)
-    return True
-
-
 def retry_sweep(engine: Engine, sweep_name: str, *, states: Iterable[str] = ("failed", "lost"),
                 lr_scale: Optional[float] = None, budget: Optional[float] = None,
                 run_ids: Optional[Iterable[str]] = None) -> RetryResult:
@@ -148,7 +130,8 @@ def retry_sweep(engine: Engine, sweep_name: str, *, states: Iterable[str] = ("fa
                 was = f"{r.state}" + (f": {r.reason}" if r.reason else "")
                 fresh = r.state == RunState.DIVERGED or lr_scale is not None
                 if fresh:
-                    if _move_aside(rdir, numbers.get(r.id) or 0):
+                    if F.move_aside(rdir, [rdir / n for n in (F.RESULT, F.CHECKPOINT, F.METRICS)],
+                                    numbers.get(r.id) or 0):
                         moved.append(r.run_id)
                     s.execute(delete(Metric).where(Metric.run_pk == r.id))
                     r.metrics_offset = 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,22 @@ def status_path(rdir: Path, attempt: int) -> Path:
 
 def log_path(rdir: Path, attempt: int) -> Path:
     return Path(rdir) / f"attempt-{attempt}.log"
+
+
+def move_aside(rdir: Path, paths: list[Path], number: int) -> Path | None:
+    """Move those of `paths` that exist into a fresh RUN_DIR/attempt-<number>/ (or
+    attempt-<number>.<i>/): kept, never deleted. The folder, or None when nothing was moved."""
+    paths = [p for p in paths if p.exists()]
+    if not paths:
+        return None
+    dest, i = Path(rdir) / f"attempt-{number}", 1
+    while dest.exists():
+        i += 1
+        dest = Path(rdir) / f"attempt-{number}.{i}"
+    dest.mkdir(parents=True)
+    for p in paths:
+        shutil.move(str(p), str(dest / p.name))
+    return dest
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

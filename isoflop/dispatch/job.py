@@ -113,8 +113,8 @@ class PackedJob(_Base):
         cancelled = False
         try:
             cr.start()
-            if cr.pid:  # its process group: whoever reaps a job killed by a signal kills it (local.py)
-                self._status(rdir, attempt, pgid=cr.pid)
+            if cr.pid:  # leads its process group: whoever reaps a job killed by a signal kills the group
+                self._status(rdir, attempt, trainer_pid=cr.pid)
             while True:
                 out = cr.wait(timeout=1.0)
                 if out is not None:

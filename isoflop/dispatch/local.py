@@ -127,10 +127,11 @@ def _workers(ld: Path) -> int:
 
 def _kill_commands(job_file: Path) -> None:
     """A job killed by a signal could not stop its commands (own process groups): kill them
-    now, so no trainer outlives its job. Their groups are named in the runs' attempt files."""
+    now, so no trainer outlives its job. The runs' attempt files name each command's leader
+    (`trainer_pid`), which is also its process group's id."""
     for rd in (F.read_json(job_file) or {}).get("run_dirs", []):
         attempt = int((F.read_json(Path(rd) / F.RUN_JSON) or {}).get("attempt", 1))
-        pgid = (F.read_json(F.status_path(Path(rd), attempt)) or {}).get("pgid")
+        pgid = (F.read_json(F.status_path(Path(rd), attempt)) or {}).get("trainer_pid")
         if pgid:
             try:
                 os.killpg(int(pgid), signal.SIGKILL)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from .command import (
     LOG_PREFIX, RUN_JSON, CommandTemplate, Outcome, ProgressPump, collect_result, job_environment,
     load_template, paths_for, render_command, render_cwd,
 )
+from .files import move_aside
 from .locks import lock_run_folder, run_folder_holder
 
 __all__ = ["Outcome", "CommandRun", "run_to_end", "forward_signals", "read_run_json"]
@@ -109,29 +109,18 @@ def _group_alive(pgid: int) -> bool:
 def _set_aside(paths, attempt: int) -> Optional[str]:
     """Move a non-resumable command's partial files under RUN_DIR/attempt-<k>/ (k = the attempt
     that left them); return that folder's name, or None when there was nothing to move."""
-    run_dir = paths.run_dir
-    victims = [p for p in (paths.checkpoint_dir, paths.metrics, paths.normalized_result)
-               if p != run_dir and p.exists()]
-    if paths.checkpoint_dir in victims and paths.checkpoint_dir.is_dir() and not any(paths.checkpoint_dir.iterdir()):
-        victims.remove(paths.checkpoint_dir)
-    if not victims:
-        return None
+    run_dir, ckpt = paths.run_dir, paths.checkpoint_dir
+    victims = [p for p in (ckpt, paths.metrics, paths.normalized_result) if p != run_dir]
+    if ckpt in victims and ckpt.is_dir() and not any(ckpt.iterdir()):
+        victims.remove(ckpt)
     if paths.log.exists():  # the same attempt started again (a requeued job): its own files
         k = attempt
     else:
-        earlier = [int(p.name[len("attempt-"):-len(".log")]) for p in run_dir.glob("attempt-*.log")
-                   if p.name[len("attempt-"):-len(".log")].isdigit()]
-        earlier = [e for e in earlier if e < attempt]
+        earlier = [int(n) for p in run_dir.glob("attempt-*.log")
+                   if (n := p.name[len("attempt-"):-len(".log")]).isdigit() and int(n) < attempt]
         k = max(earlier) if earlier else max(attempt - 1, 0)
-    dest = run_dir / f"attempt-{k}"
-    i = 1
-    while dest.exists():
-        dest = run_dir / f"attempt-{k}.{i}"
-        i += 1
-    dest.mkdir(parents=True)
-    for p in victims:
-        shutil.move(str(p), str(dest / p.name))
-    return dest.name
+    dest = move_aside(run_dir, victims, k)
+    return dest.name if dest else None
 
 
 class CommandRun:

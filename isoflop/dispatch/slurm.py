@@ -11,7 +11,6 @@ import math
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -23,24 +22,10 @@ PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", 
 RUNNING = {"RUNNING", "COMPLETING"}
 
 
-@dataclass(frozen=True)
-class JobInfo:
-    job_id: str  # "123" or "123_4" for an array task
-    name: str
-    state: str  # Slurm's word, e.g. PENDING, RUNNING, COMPLETED, CANCELLED, TIMEOUT
-    node: str = ""
-    reason: str = ""
-    exit_code: str = ""
-
-    @property
-    def phase(self) -> str:
-        """pending | running | ended"""
-        s = self.state.split()[0].rstrip("+") if self.state else ""
-        if s in PENDING:
-            return "pending"
-        if s in RUNNING:
-            return "running"
-        return "ended"
+def _phase(state: str) -> str:
+    """pending | running | ended, from Slurm's word (e.g. "CANCELLED by 0", "COMPLETING+")."""
+    s = state.split()[0].rstrip("+") if state else ""
+    return "pending" if s in PENDING else "running" if s in RUNNING else "ended"
 
 
 def _run(cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
@@ -86,66 +71,51 @@ def _base(job_id: str) -> str:
     return job_id.split("_")[0].split(".")[0]
 
 
-def squeue(names: Iterable[str] = (), ids: Iterable[str] = ()) -> dict[str, JobInfo]:
+def _jobs(cmd: list[str], names: Iterable[str] = (), ids: Iterable[str] = ()) -> dict[str, JobState]:
+    """Rows id|name|STATE|node|exit code of `cmd` for these names or (base) ids; steps skipped."""
+    r = _run(cmd)
+    if r.returncode != 0:
+        raise SchedulerError(f"{cmd[0]} failed: {(r.stderr or r.stdout).strip().splitlines()[:1]}")
+    names, ids = set(names), set(ids)
+    out = {}
+    for p in (line.split("|") for line in r.stdout.splitlines()):
+        # filtered here too: squeue -j fails on a forgotten id, and the sacct shim ignores --name
+        if len(p) >= 5 and "." not in p[0] and (p[1] in names or _base(p[0]) in ids):
+            out[p[0]] = JobState(_phase(p[2]), p[2], p[3] if p[3] != "None assigned" else "", p[4] or None)
+    return out
+
+
+def squeue(names: Iterable[str] = (), ids: Iterable[str] = ()) -> dict[str, JobState]:
     """Live jobs (and jobs that ended less than MinJobAge ago), array tasks one by one."""
+    import getpass
+
     names, ids = sorted(set(names)), sorted({_base(i) for i in ids})
     if not names and not ids:
         return {}
-    out: dict[str, JobInfo] = {}
-    # -j with an id slurmctld has forgotten fails the whole call: filter by name, then by id client-side
-    import getpass
-
-    cmd = ["squeue", "-h", "-r", "-t", "all", "-u", getpass.getuser(), "-o", "%i|%j|%T|%N|%r"]
-    if names and not ids:
-        cmd += ["-n", ",".join(names)]
-    r = _run(cmd)
-    if r.returncode != 0:
-        raise SchedulerError(f"squeue failed: {(r.stderr or r.stdout).strip().splitlines()[:1]}")
-    want_names, want_ids = set(names), set(ids)
-    for line in r.stdout.splitlines():
-        parts = line.split("|")
-        if len(parts) < 5:
-            continue
-        jid, name, state, node, reason = parts[:5]
-        if (want_names and name in want_names) or (want_ids and _base(jid) in want_ids):
-            out[jid] = JobInfo(jid, name, state, node, reason if reason != "None" else "")
-    return out
+    cmd = ["squeue", "-h", "-r", "-t", "all", "-u", getpass.getuser(), "-o", "%i|%j|%T|%N|"]
+    return _jobs(cmd + (["-n", ",".join(names)] if names and not ids else []), names, ids)
 
 
-def sacct(ids: Iterable[str]) -> dict[str, JobInfo]:
+_FIELDS = ["-o", "JobID,JobName,State,NodeList,ExitCode"]
+
+
+def sacct(ids: Iterable[str]) -> dict[str, JobState]:
     """Finished (and live) jobs from accounting; {} when the cluster has none."""
     ids = sorted({_base(i) for i in ids})
-    if not ids or not has_sacct():
-        return {}
-    out: dict[str, JobInfo] = {}
-    for i in range(0, len(ids), 200):
-        r = _run(["sacct", "-n", "-P", "-X", "-j", ",".join(ids[i:i + 200]), "-o", "JobID,JobName,State,NodeList,ExitCode"])
-        if r.returncode != 0:
-            raise SchedulerError(f"sacct failed: {(r.stderr or r.stdout).strip().splitlines()[:1]}")
-        for line in r.stdout.splitlines():
-            parts = line.split("|")
-            if len(parts) < 5 or "." in parts[0]:
-                continue
-            jid, name, state, node, code = parts[:5]
-            out[jid] = JobInfo(jid, name, state, node if node != "None assigned" else "", "", code)
+    out: dict[str, JobState] = {}
+    for i in range(0, len(ids) if has_sacct() else 0, 200):
+        out.update(_jobs(["sacct", "-n", "-P", "-X", "-j", ",".join(ids[i:i + 200]), *_FIELDS], ids=ids[i:i + 200]))
     return out
 
 
-def sacct_by_name(names: Iterable[str]) -> dict[str, JobInfo]:
+def sacct_by_name(names: list[str]) -> dict[str, JobState]:
     """Jobs with these names from accounting (last 30 days); {} without accounting."""
-    names = set(names)
     if not names or not has_sacct():
         return {}
-    r = _run(["sacct", "-n", "-P", "-X", "-S", "now-30days", "--name", ",".join(sorted(names)),
-              "-o", "JobID,JobName,State,NodeList,ExitCode"])
-    if r.returncode != 0:
+    try:
+        return _jobs(["sacct", "-n", "-P", "-X", "-S", "now-30days", "--name", ",".join(names), *_FIELDS], names)
+    except SchedulerError:
         return {}
-    out = {}
-    for line in r.stdout.splitlines():
-        parts = line.split("|")
-        if len(parts) >= 5 and parts[1] in names and "." not in parts[0]:  # the shim ignores --name
-            out[parts[0]] = JobInfo(parts[0], parts[1], parts[2], parts[3], "", parts[4])
-    return out
 
 
 def scancel(ids: Iterable[str]) -> None:
@@ -227,14 +197,12 @@ class SlurmBackend:
         return [j.job_id for j in jobs]
 
     def job_states(self, ids: list[str]) -> tuple[dict[str, JobState], str]:
-        infos = squeue(ids=ids)
-        missing = [i for i in ids if i not in infos]
-        source = "squeue"
-        if missing and has_sacct():
-            source = "squeue+sacct"
-            acct = sacct(missing)
-            infos.update({i: acct[i] for i in missing if i in acct})
-        return {j: JobState(i.phase, i.state, i.node, i.exit_code) for j, i in infos.items()}, source
+        states = squeue(ids=ids)
+        missing = [i for i in ids if i not in states]
+        if not missing or not has_sacct():
+            return states, "squeue"
+        acct = sacct(missing)
+        return {**states, **{i: acct[i] for i in missing if i in acct}}, "squeue+sacct"
 
     def adopt(self, sweep: str, token: str, tasks: list[int], root: Path) -> dict[int, str]:
         name = job_name(sweep, token)
