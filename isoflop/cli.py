@@ -5,8 +5,10 @@ that need them, so `isoflop --help` and `isoflop status` stay fast.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import json
+import math
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -14,6 +16,8 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from .errors import UserError
 
 app = typer.Typer(
     help="Plan, dispatch, track and fit IsoFLOP scaling-law sweeps.",
@@ -49,27 +53,45 @@ def fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+# what a user's path can do wrong; any other OSError (and any other exception) is a bug
+_USER_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
+                errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.ELOOP}
+
+
 def friendly(fn):
-    """Turn the library's expected errors into one line on stderr and a non-zero exit."""
+    """A UserError, or an OSError about a path the user gave, becomes one line on stderr and exit
+    code 2; every other exception is a bug and keeps its traceback."""
 
     @functools.wraps(fn)
     def wrapper(*a, **k):
-        # SpecError and PlanError are ValueErrors; importing them here would cost `isoflop status`
-        # the import of numpy and pydantic (plan.grid, spec)
-        from .store.engine import StoreError
-
         try:
             return fn(*a, **k)
-        except (StoreError, ValueError, FileNotFoundError) as e:
-            fail(str(e).splitlines()[0] if str(e) else e.__class__.__name__)
+        except UserError as e:
+            fail(str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__)
+        except OSError as e:
+            if e.errno not in _USER_ERRNOS or not e.filename:
+                raise
+            fail(f"{e.filename}: {e.strerror}" + (f" (-> {e.filename2})" if e.filename2 else ""))
 
     return wrapper
 
 
-def _engine(create: bool = False):
+def _check(ok: bool, option: str, value, want: str) -> None:
+    if not ok:
+        fail(f"{option} must be {want}, got {value!r}")
+
+
+def _positive(option: str, value: Optional[float], top: float = math.inf) -> None:
+    """A finite number in (0, top] (None: the option was not given)."""
+    if value is not None:
+        _check(math.isfinite(value) and 0 < value <= top, option, value,
+               "a positive finite number" + (f" (at most {top:g})" if top < math.inf else ""))
+
+
+def _engine(create: bool = False, write: bool = True):
     from .store.engine import db_url, open_engine
 
-    return open_engine(db_url(OPTS.db, OPTS.workdir), create=create)
+    return open_engine(db_url(OPTS.db, OPTS.workdir), create=create, write=write)
 
 
 def _fmt_n(x: float) -> str:
@@ -114,9 +136,11 @@ def plan(
         return
     result = None
     if not dry_run:
+        from .store.engine import db_url, removed_on_error
         from .store.sweeps import save_plan
 
-        result = save_plan(_engine(create=True), spec, runs, workdir_path(OPTS.workdir), force=force)
+        with removed_on_error(db_url(OPTS.db, OPTS.workdir)):
+            result = save_plan(_engine(create=True), spec, runs, workdir_path(OPTS.workdir), force=force)
     if as_json:
         for r in runs:
             print(json.dumps(r.to_json()))
@@ -337,6 +361,8 @@ def submit(
 
     if max_runs is not None and max_runs < 1:
         fail("--max-runs must be at least 1")
+    _positive("--budget", budget)
+    _positive("--interval", interval)
     prof = load_profile(profile)
     engine = _engine()
     res = _dispatch_call(submit_sweep, engine, sweep, prof, dry_run=dry_run, max_runs=max_runs, budget=budget)
@@ -383,13 +409,19 @@ def status(
     interval: float = typer.Option(5.0, "--interval", help="--watch: seconds between polls"),
 ) -> None:
     """Sync scheduler state and run files into the store; show progress per budget."""
-    from .dispatch.sync import sync_sweep
+    from .dispatch.sync import read_status, sync_sweep
+    from .store.engine import is_read_only
 
-    engine = _engine()
-    if watch and not as_json:
+    _positive("--interval", interval)
+    engine = _engine(write=False)
+    if is_read_only(engine):  # nothing can be synced into it: show what it holds
+        st = read_status(engine, sweep, warnings=("the store's folder is read-only: showing the stored state, "
+                                                  "without asking the scheduler or reading run files",))
+    elif watch and not as_json:
         _watch(engine, sweep, interval, all_runs=all_runs)
         return
-    st = _dispatch_call(sync_sweep, engine, sweep)
+    else:
+        st = _dispatch_call(sync_sweep, engine, sweep)
     if as_json:
         print(json.dumps(st.to_json()))
         return
@@ -406,6 +438,7 @@ def cancel(
     """Cancel runs that are not finished (scancel / stop local jobs); they become `cancelled`."""
     from .dispatch.control import cancel_sweep
 
+    _positive("--budget", budget)
     res = _dispatch_call(cancel_sweep, _engine(), sweep, budget=budget, run_ids=run_ids or None)
     if not res.runs:
         console.print("no unfinished run matched; nothing cancelled")
@@ -434,6 +467,8 @@ def retry(
 
     states = [s for s, on in (("failed", failed), ("diverged", diverged), ("lost", lost), ("cancelled", cancelled)) if on]
     states = states or ["failed", "lost"]
+    _positive("--budget", budget)
+    _positive("--lr-scale", lr_scale, top=1e3)
     engine = _engine()
     res = _dispatch_call(retry_sweep, engine, sweep, states=states, lr_scale=lr_scale, budget=budget,
                          run_ids=run_ids or None)
@@ -476,13 +511,13 @@ def fit(
     sweep: Optional[str] = typer.Argument(None, help="sweep name in the store (or use --csv)"),
     csv: Optional[Path] = typer.Option(None, "--csv", help="fit results from elsewhere: columns params,tokens,loss[,flops,budget]"),
     window: str = typer.Option("5", "--window", help="sizes around the lowest loss that the parabola fits, or 'all'"),
-    minimizer: str = typer.Option("parabola", "--minimizer", help="parabola | akima"),
+    minimizer: str = typer.Option("akima", "--minimizer", help="akima (default; see README) | parabola"),
     keep_flagged: bool = typer.Option(False, "--keep-flagged", help="let flagged budgets into the frontier"),
     bootstrap: int = typer.Option(1000, "--bootstrap", help="resamples for the intervals (0: none)"),
     seed: int = typer.Option(0, "--seed", help="seed of the bootstrap"),
     predict: List[float] = typer.Option([], "--predict", help="a budget C to predict N_opt, D_opt, L_opt at (repeatable)"),
     holdout_top: int = typer.Option(0, "--holdout-top", help="backtest: fit without the top K budgets, predict them"),
-    method: Optional[str] = typer.Option(None, "--method", help="also fit L(N,D) = E + A/N^a + B/D^b: lse | varpro | all"),
+    method: str = typer.Option("auto", "--method", help="fit L(N,D) = E + A/N^a + B/D^b: auto (lse with >= 3 budgets) | lse | varpro | all | none"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="write the IsoFLOP and frontier plots (.png/.svg/.pdf)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
@@ -491,12 +526,15 @@ def fit(
         fail("give either a SWEEP name or --csv FILE")
     if minimizer not in ("parabola", "akima"):
         fail(f"--minimizer must be 'parabola' or 'akima', got {minimizer!r}")
-    if method not in (None, "lse", "varpro", "all"):
-        fail(f"--method must be lse, varpro or all, got {method!r}")
+    if method not in ("auto", "lse", "varpro", "all", "none"):
+        fail(f"--method must be auto, lse, varpro, all or none, got {method!r}")
     if bootstrap < 0 or holdout_top < 0:
         fail("--bootstrap and --holdout-top must be >= 0")
-    if any(not (c > 0) for c in predict):
-        fail("--predict takes positive FLOP budgets")
+    for c in predict:
+        _positive("--predict", c)
+    _check(0 <= seed < 2**32, "--seed", seed, "within [0, 2^32)")
+    if plot is not None:
+        _check(plot.suffix.lower() in (".png", ".svg", ".pdf"), "--plot", str(plot), "a .png, .svg or .pdf file")
     k = _parse_window(window)
     from .fit import FitTable, fit_sweep
 
@@ -509,14 +547,14 @@ def fit(
         from .spec import parse_spec
         from .store.results import fit_inputs
 
-        spec_json, rows, curves = fit_inputs(_engine(), sweep)
+        spec_json, rows, curves = fit_inputs(_engine(write=False), sweep)
         spec, curves = parse_spec(spec_json), curves or None
         if not any(r["state"] == "completed" for r in rows):
             fail(f"sweep {sweep!r} has no completed runs yet ({len(rows)} planned); see `isoflop status {sweep}`")
         table = FitTable.from_rows(rows)
     report = fit_sweep(
         table, window=k, minimizer=minimizer, keep_flagged=keep_flagged, bootstrap=bootstrap, seed=seed,
-        predict=predict, holdout_top=holdout_top, parametric=method, curves=curves,
+        predict=predict, holdout_top=holdout_top, parametric=None if method == "none" else method, curves=curves,
     )
     shapes = {}
     if spec is not None:
@@ -524,7 +562,7 @@ def fit(
 
         for p in report.predictions:
             try:
-                shapes[p.budget] = shape_for_params(spec, p.n_opt)
+                shapes[p.budget] = shape_for_params(spec, p.n_opt_estimate)
             except ValueError:
                 pass
     written = []
@@ -577,6 +615,8 @@ def demo(
     from .store.engine import db_url, open_engine
     from .store.sweeps import save_plan
 
+    _check(workers >= 0, "--workers", workers, ">= 0 (0: one per CPU core)")
+    _check(bootstrap >= 0, "--bootstrap", bootstrap, ">= 0")
     t0 = time.time()
     wd = (workdir or Path(OPTS.workdir or "isoflop-demo")).resolve()
     spec = load_spec(spec_path or TEMPLATES / ("cpu-demo-quick.yaml" if quick else "cpu-demo.yaml"))

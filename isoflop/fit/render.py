@@ -35,9 +35,20 @@ def render_report(report: FitReport, console: Any) -> None:
     from rich.table import Table
 
     s = report.settings
-    win = "all points" if s.get("window") is None else f"{s['window']} sizes"
-    console.print(f"[bold]IsoFLOP fit[/bold] — minimizer {s.get('minimizer')} ({win}), "
-                  f"bootstrap {s.get('bootstrap')} resamples, seed {s.get('seed')}")
+    minimizer = s.get("minimizer")
+    how = ("Akima spline minimum" if minimizer == "akima"
+           else "parabola on " + ("all points" if s.get("window") is None else f"{s['window']} sizes"))
+    boot = report.bootstrap is not None
+    console.print(f"[bold]IsoFLOP fit[/bold] — {how}, seed-noise bootstrap {s.get('bootstrap')} resamples, "
+                  f"seed {s.get('seed')}")
+    if report.noise is not None:
+        nz = report.noise
+        src = {"seeds": "repeated seeds", "residuals": "residuals of neighbouring sizes",
+               "none": "too few sizes to estimate it: no intervals"}[nz.source]
+        console.print(f"noise per run σ = {_g(nz.sigma)} (from {src}, {nz.dof} degrees of freedom)")
+    if boot:
+        console.print("estimates: bootstrap median for N_opt, D_opt and exponents; the fit for L_opt "
+                      "(see README, 'Which estimate')")
 
     t = Table(title="Budgets (per-budget optimum; D_opt from the budget's own tokens at N_opt)")
     for col in ("budget C", "N_opt", "N_opt 5–95%", "D_opt", "D_opt 5–95%", "L_opt", "points", "used", "flags"):
@@ -45,12 +56,19 @@ def render_report(report: FitReport, console: Any) -> None:
     for i, f in enumerate(report.budgets):
         ci = report.budget_ci[i] if report.budget_ci else None
         dci = report.budget_d_ci[i] if report.budget_d_ci else None
+        med = report.budget_median[i] if report.budget_median else None
+        n_est = f.n_opt if med is None else med
+        d_est = f.d_opt if med is None else float(f.tokens_at(med))
         used = report.used[i]
         style = None if used else "dim"
-        t.add_row(_g(f.budget), _g(f.n_opt), _ci(ci), _g(f.d_opt), _ci(dci), _g(f.loss_opt, 4),
+        t.add_row(_g(f.budget), _g(n_est), _ci(ci), _g(d_est), _ci(dci), _g(f.loss_opt, 4),
                   f"{f.points_used}/{f.points}", "yes" if used else "no",
                   ", ".join(f.flags) if f.flags else "", style=style)
     console.print(t)
+    if report.outliers:
+        console.print(f"[yellow]{len(report.outliers)} outlier run(s) left out of every fit:[/yellow]")
+        for e in report.outliers:
+            console.print(f"  {e.run_id} (C = {_g(e.budget)}): {e.reason}")
 
     if report.frontier is None:
         console.print(f"[bold red]No frontier:[/bold red] {report.frontier_reason}")
@@ -59,22 +77,46 @@ def render_report(report: FitReport, console: Any) -> None:
         t = Table(title=f"Frontier (power laws in C over {len(fr.budgets)} budgets; 5–95% bootstrap)")
         for col in ("quantity", "exponent", "exponent 5–95%", "coefficient", "coefficient 5–95%"):
             t.add_column(col, justify="right")
-        for name, law in (("N_opt (a)", fr.params), ("D_opt (b)", fr.tokens), ("L_opt", fr.loss)):
-            t.add_row(name, _g(law.exponent, 4), _ci(law.exponent_ci, 4), _g(law.coefficient, 4),
+        for name, law in (("N_opt (a)", fr.params), ("D_opt (b)", fr.tokens),
+                          ("L_opt, pure power law", fr.loss)):
+            est = law.exponent if law.exponent_median is None else law.exponent_median
+            t.add_row(name, _g(est, 4), _ci(law.exponent_ci, 4), _g(law.coefficient, 4),
                       _ci(law.coefficient_ci, 3))
         console.print(t)
+        ll = fr.loss_law
+        if ll is not None:
+            console.print(f"loss law L_opt = E + k·(C/{_g(ll.c0)})^−γ: E = {_g(ll.E, 4)} ({_ci(ll.E_ci, 4)}), "
+                          f"k = {_g(ll.k, 4)}, γ = {_g(ll.gamma, 3)} ({_ci(ll.gamma_ci, 3)})")
         if report.samples is not None and report.samples.dropped:
             console.print(f"[yellow]{report.samples.dropped} bootstrap resample(s) had fewer than 2 usable "
                           f"budgets and were dropped[/yellow]")
 
     if report.predictions:
-        t = Table(title="Predictions (5–95% bootstrap)")
-        for col in ("budget C", "N_opt", "N_opt 5–95%", "D_opt", "D_opt 5–95%", "L_opt", "L_opt 5–95%"):
-            t.add_column(col, justify="right")
+        t = Table(title="Predictions (5–95%)")
+        for col in ("budget C", "N_opt", "N_opt 5–95%", "D_opt", "D_opt 5–95%", "L_opt", "L_opt 5–95%",
+                    "L_opt model"):
+            t.add_column(col, justify="left" if col == "L_opt model" else "right")
         for p in report.predictions:
-            t.add_row(_g(p.budget), _g(p.n_opt), _ci(p.n_opt_ci), _g(p.d_opt), _ci(p.d_opt_ci),
-                      _g(p.loss_opt, 4), _ci(p.loss_opt_ci, 4))
+            t.add_row(_g(p.budget), _g(p.n_opt_estimate), _ci(p.n_opt_ci), _g(p.d_opt_estimate), _ci(p.d_opt_ci),
+                      _g(p.loss_opt, 4), _ci(p.loss_opt_ci, 4),
+                      "parametric fit" if p.loss_opt_model.startswith("parametric") else
+                      ("E + k·C^−γ law" if p.loss_opt_law is not None else "power law (no floor)"))
         console.print(t)
+        console.print("N_opt, D_opt: power laws in C through the per-budget minima (approach 2).")
+        chk = report.parametric_check
+        if chk is not None:
+            console.print(f"parametric fit {chk.reason}")
+        pp = [p for p in report.predictions if p.parametric_method is not None]
+        if pp:
+            t = Table(title=f"The parametric fit's own optimum ({pp[0].parametric_method}; 5–95% linearised)")
+            for col in ("budget C", "N_opt", "N_opt 5–95%", "D_opt", "L_opt", "L_opt 5–95%", "loss law L_opt",
+                        "5–95%"):
+                t.add_column(col, justify="right")
+            for p in pp:
+                t.add_row(_g(p.budget), _g(p.n_opt_parametric), _ci(p.n_opt_parametric_ci), _g(p.d_opt_parametric),
+                          _g(p.loss_opt_parametric, 4), _ci(p.loss_opt_parametric_ci, 4), _g(p.loss_opt_law, 4),
+                          _ci(p.loss_opt_law_ci, 4))
+            console.print(t)
 
     if report.parametric or report.parametric_reason:
         if report.parametric_reason:

@@ -77,6 +77,15 @@ class Prediction:
     loss_opt_law: float | None = None
     loss_opt_law_ci: tuple[float, float] | None = None
 
+    @property
+    def n_opt_estimate(self) -> float:
+        """What to act on: the bootstrap median where there is one (see ESTIMATOR), else the fit."""
+        return self.n_opt if self.n_opt_median is None else self.n_opt_median
+
+    @property
+    def d_opt_estimate(self) -> float:
+        return self.d_opt if self.d_opt_median is None else self.d_opt_median
+
 
 @dataclass(frozen=True)
 class ParametricCheck:
@@ -527,8 +536,17 @@ def _backtest(fits: Sequence[IsoflopFit], sel_idx: list[int], k: int, bv: Bootst
 
 
 # ---------------------------------------------------------------------------- JSON
+ESTIMATOR = ("bootstrap median for N_opt, D_opt and exponents (lower RMSE than the fit on synthetic sweeps, "
+             "benchmarks/fit_calibration.py); the fit itself for L_opt (resampled minima are biased low)")
+
+
+def _median_or(median: float | None, value: float) -> float:
+    return value if median is None else median
+
+
 def _law_json(law: PowerLaw) -> dict[str, Any]:
     return {"exponent": law.exponent, "exponent_ci": law.exponent_ci, "exponent_median": law.exponent_median,
+            "exponent_estimate": _median_or(law.exponent_median, law.exponent),
             "coefficient": law.coefficient, "coefficient_ci": law.coefficient_ci,
             "coefficient_median": law.coefficient_median, "residual_std": law.residual_std}
 
@@ -536,14 +554,26 @@ def _law_json(law: PowerLaw) -> dict[str, Any]:
 def _frontier_json(fr: Frontier | None) -> dict[str, Any] | None:
     if fr is None:
         return None
+    ll = fr.loss_law
     return {"params": _law_json(fr.params), "tokens": _law_json(fr.tokens), "loss": _law_json(fr.loss),
-            "budgets": list(fr.budgets)}
+            "budgets": list(fr.budgets),
+            "loss_law": None if ll is None else {"model": "L_opt = E + k·(C/c0)^-gamma", "E": ll.E, "E_ci": ll.E_ci,
+                                                 "k": ll.k, "gamma": ll.gamma, "gamma_ci": ll.gamma_ci, "c0": ll.c0,
+                                                 "budgets": ll.n_budgets}}
 
 
 def _pred_json(p: Prediction) -> dict[str, Any]:
     return {"budget": p.budget, "n_opt": p.n_opt, "n_opt_ci": p.n_opt_ci, "n_opt_median": p.n_opt_median,
             "d_opt": p.d_opt, "d_opt_ci": p.d_opt_ci, "d_opt_median": p.d_opt_median,
-            "loss_opt": p.loss_opt, "loss_opt_ci": p.loss_opt_ci, "loss_opt_median": p.loss_opt_median}
+            "loss_opt": p.loss_opt, "loss_opt_ci": p.loss_opt_ci, "loss_opt_median": p.loss_opt_median,
+            "n_opt_estimate": _median_or(p.n_opt_median, p.n_opt),
+            "d_opt_estimate": _median_or(p.d_opt_median, p.d_opt), "loss_opt_estimate": p.loss_opt,
+            "n_opt_model": p.n_opt_model, "d_opt_model": p.d_opt_model, "loss_opt_model": p.loss_opt_model,
+            "loss_opt_law": p.loss_opt_law, "loss_opt_law_ci": p.loss_opt_law_ci,
+            "parametric": None if p.parametric_method is None else {
+                "method": p.parametric_method, "n_opt": p.n_opt_parametric, "n_opt_ci": p.n_opt_parametric_ci,
+                "d_opt": p.d_opt_parametric, "d_opt_ci": p.d_opt_parametric_ci,
+                "loss_opt": p.loss_opt_parametric, "loss_opt_ci": p.loss_opt_parametric_ci}}
 
 
 def _report_json(r: FitReport) -> dict[str, Any]:
@@ -560,7 +590,10 @@ def _report_json(r: FitReport) -> dict[str, Any]:
                         "loss_opt": f.loss_opt, "points": f.points, "points_used": f.points_used,
                         "sizes": f.sizes, "n_min": f.n_min, "n_max": f.n_max, "in_range": f.in_range,
                         "flags": list(f.flags), "used": r.used[i], "curvature": f.curvature,
-                        "minimizer": f.minimizer, "window": f.window, "bootstrap_degenerate": deg})
+                        "minimizer": f.minimizer, "window": f.window, "bootstrap_degenerate": deg,
+                        "n_opt_median": r.budget_median[i] if r.budget_median else None,
+                        "n_opt_estimate": _median_or(r.budget_median[i] if r.budget_median else None, f.n_opt),
+                        "loss_opt_ci": r.budget_loss_ci[i] if r.budget_loss_ci else None})
     out: dict[str, Any] = {
         "budgets": budgets,
         "frontier": _frontier_json(r.frontier),
@@ -568,6 +601,9 @@ def _report_json(r: FitReport) -> dict[str, Any]:
         "excluded": [{"run_id": e.run_id, "budget": e.budget, "reason": e.reason} for e in r.excluded],
         "predictions": [_pred_json(p) for p in r.predictions],
         "settings": r.settings,
+        "estimator": ESTIMATOR if r.bootstrap is not None else "the fit (no bootstrap)",
+        "noise": None if r.noise is None else {"sigma": r.noise.sigma, "dof": r.noise.dof, "source": r.noise.source},
+        "outliers": [{"run_id": e.run_id, "budget": e.budget, "reason": e.reason} for e in r.outliers],
     }
     if r.bootstrap is not None and r.samples is not None:
         out["bootstrap"] = {"resamples": r.bootstrap.n_resamples, "seed": r.bootstrap.seed,
@@ -577,6 +613,10 @@ def _report_json(r: FitReport) -> dict[str, Any]:
                               "a": p.a, "b": p.b, "objective": p.objective, "points": p.n_points,
                               "converged": p.converged} for p in r.parametric]
         out["parametric_reason"] = r.parametric_reason
+        c = r.parametric_check
+        out["parametric_check"] = None if c is None else {"used_for_loss": c.used, "chi2": c.chi2,
+                                                           "budgets": c.budgets, "p_value": c.p_value,
+                                                           "reason": c.reason}
     if r.backtest is not None:
         bt = r.backtest
         out["backtest"] = {
