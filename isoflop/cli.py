@@ -499,9 +499,9 @@ def _parse_window(window: str) -> int | None:
     try:
         k = int(window)
     except ValueError:
-        raise ValueError(f"--window must be a number of sizes (>= 3) or 'all', got {window!r}") from None
+        fail(f"--window must be a number of sizes (>= 3) or 'all', got {window!r}")
     if k < 3:
-        raise ValueError(f"--window must be at least 3 sizes (a parabola has 3 coefficients), got {k}")
+        fail(f"--window must be at least 3 sizes (a parabola has 3 coefficients), got {k}")
     return k
 
 

@@ -10,13 +10,26 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .errors import UserError
 
-class SpecError(ValueError):
+# Bounds beyond which a spec describes nothing trainable; they keep the planner from
+# enumerating shapes for hours (or overflowing) before it could say so.
+MAX_BUDGET = 1e30  # FLOPs: ~1000x the largest training run to date
+MAX_BUDGETS = 1000  # budgets in one sweep
+MAX_LR = 10.0  # Adam-style learning rates live far below this, muP ones too
+MAX_INT = {"vocab_size": 2**24, "seq_len": 2**24, "head_dim": 2**14, "d_model_multiple": 2**16,
+           "max_layers": 2**12, "mup_base_width": 2**20}
+# control characters (a newline in a value would start a new line of a job script)
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class SpecError(UserError, ValueError):
     """A spec that cannot be used; the message is one line naming the field."""
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinity are no value of any field: they would reach the store and the trainer
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _positive_finite(v: float, what: str) -> float:
@@ -41,6 +54,11 @@ class BudgetRange(_Strict):
         _positive_finite(self.per_decade, "budgets.per_decade")
         if self.stop < self.start:
             raise ValueError(f"budgets.stop ({self.stop:g}) is below budgets.start ({self.start:g})")
+        if self.stop > MAX_BUDGET:
+            raise ValueError(f"budgets.stop ({self.stop:g}) is above {MAX_BUDGET:g} FLOPs")
+        n = math.log10(self.stop / self.start) * self.per_decade + 1
+        if n > MAX_BUDGETS:
+            raise ValueError(f"budgets.per_decade gives {n:.3g} budgets; at most {MAX_BUDGETS}")
         return self
 
     def values(self) -> list[float]:
@@ -53,6 +71,11 @@ class Centre(_Strict):
 
     k: float = 0.0913
     power: float = 0.5
+
+    @field_validator("k")
+    @classmethod
+    def _k(cls, v: float) -> float:
+        return _positive_finite(v, "k")
 
     def params(self, budget: float) -> float:
         return self.k * budget**self.power
@@ -70,8 +93,8 @@ class Grid(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "Grid":
-        if self.points < 1:
-            raise ValueError(f"grid.points must be at least 1, got {self.points}")
+        if not 1 <= self.points <= 1000:
+            raise ValueError(f"grid.points must be within [1, 1000], got {self.points}")
         if self.tokens_per_param is not None:
             lo, hi = self.tokens_per_param
             if not (lo > 0 and hi > lo):
@@ -107,9 +130,10 @@ class ModelFamily(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "ModelFamily":
-        for f in ("vocab_size", "seq_len", "head_dim", "max_layers", "mup_base_width"):
-            if getattr(self, f) < 1:
-                raise ValueError(f"model.{f} must be a positive integer, got {getattr(self, f)}")
+        for f, top in MAX_INT.items():
+            v = getattr(self, f)
+            if v is not None and not 1 <= v <= top:
+                raise ValueError(f"model.{f} must be an integer within [1, {top}], got {v}")
         m = self.d_model_multiple or self.head_dim
         if m % self.head_dim:
             raise ValueError(f"model.d_model_multiple ({m}) must be a multiple of model.head_dim ({self.head_dim})")
@@ -138,6 +162,17 @@ class PowerRule(_Strict):
     def _coef(cls, v: float) -> float:
         return _positive_finite(v, "coef")
 
+    @field_validator("min", "max")
+    @classmethod
+    def _bound(cls, v: Optional[float], info: Any) -> Optional[float]:
+        return None if v is None else _positive_finite(v, info.field_name)
+
+    @model_validator(mode="after")
+    def _order(self) -> "PowerRule":
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min:g}) is above max ({self.max:g})")
+        return self
+
 
 Rule = Union[float, PowerRule, Literal["deepseek", "porian"]]
 
@@ -145,6 +180,12 @@ Rule = Union[float, PowerRule, Literal["deepseek", "porian"]]
 class BatchRule(_Strict):
     rule: Rule = 524288.0
     unit: Literal["tokens", "sequences"] = "tokens"
+
+    @field_validator("rule")
+    @classmethod
+    def _rule(cls, v: Rule) -> Rule:
+        # a batch of -8 would otherwise round up to one sequence without a word
+        return _positive_finite(v, "rule") if isinstance(v, (int, float)) else v
 
 
 class Schedule(_Strict):
@@ -165,7 +206,17 @@ class Optimizer(_Strict):
     beta1: float = 0.9
     beta2: float = 0.95
     weight_decay: float = 0.1
-    grad_clip: float = 1.0
+    grad_clip: float = Field(1.0, description="largest gradient norm (0: no clipping)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "Optimizer":
+        for f in ("beta1", "beta2"):
+            if not 0 <= getattr(self, f) < 1:
+                raise ValueError(f"optimizer.{f} must be within [0, 1), got {getattr(self, f)}")
+        for f in ("weight_decay", "grad_clip"):
+            if getattr(self, f) < 0:
+                raise ValueError(f"optimizer.{f} must be >= 0, got {getattr(self, f)}")
+        return self
 
 
 class Data(_Strict):
@@ -192,6 +243,33 @@ class Trainer(_Strict):
     log_every: int = 10
     checkpoint_every_s: float = 300.0
     vars: dict[str, Any] = Field(default_factory=dict, description="extra values for a command template")
+
+    @model_validator(mode="after")
+    def _check(self) -> "Trainer":
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"trainer.threads must be at least 1 (or left out), got {self.threads}")
+        for f, low in (("eval_batches", 1), ("log_every", 1), ("eval_every", 0)):
+            if getattr(self, f) < low:
+                raise ValueError(f"trainer.{f} must be at least {low}, got {getattr(self, f)}")
+        if not self.checkpoint_every_s > 0:
+            raise ValueError(f"trainer.checkpoint_every_s must be positive, got {self.checkpoint_every_s}")
+        for k, v in self.vars.items():
+            _plain_value(v, f"trainer.vars.{k}")
+        return self
+
+
+def _plain_value(v: Any, where: str) -> None:
+    """Template values are rendered into a command: no NaN/infinity, no control characters."""
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ValueError(f"{where} must be finite, got {v}")
+    if isinstance(v, str) and CONTROL.search(v):
+        raise ValueError(f"{where} contains a control character (newline, tab, ...)")
+    if isinstance(v, dict):
+        for k, x in v.items():
+            _plain_value(x, f"{where}.{k}")
+    if isinstance(v, (list, tuple)):
+        for i, x in enumerate(v):
+            _plain_value(x, f"{where}[{i}]")
 
 
 class Spec(_Strict):
@@ -239,6 +317,10 @@ class Spec(_Strict):
                     except ValueError:
                         raise ValueError(f"budgets[{i}] is not a number: {b!r}") from None
                 out.append(_positive_finite(b, f"budgets[{i}]"))
+                if out[-1] > MAX_BUDGET:
+                    raise ValueError(f"budgets[{i}] ({b:g}) is above {MAX_BUDGET:g} FLOPs")
+            if len(out) > MAX_BUDGETS:
+                raise ValueError(f"budgets has {len(out)} values; at most {MAX_BUDGETS}")
             if len(set(out)) != len(out):
                 raise ValueError("budgets has duplicate values")
             return sorted(out)
@@ -253,11 +335,22 @@ class Spec(_Strict):
             _positive_finite(x, "multiplier")
         return v
 
+    @field_validator("lr")
+    @classmethod
+    def _lr(cls, v: Rule) -> Rule:
+        if isinstance(v, (int, float)):
+            v = _positive_finite(v, "lr")
+            if v > MAX_LR:
+                raise ValueError(f"lr ({v:g}) is above {MAX_LR:g}: no optimizer trains at that rate")
+        return v
+
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, v: list[int]) -> list[int]:
         if not v:
             raise ValueError("seeds is empty")
+        if any(not 0 <= s < 2**32 for s in v):
+            raise ValueError(f"seeds must be within [0, 2^32), got {[s for s in v if not 0 <= s < 2**32][0]}")
         if len(set(v)) != len(v):
             raise ValueError("seeds has duplicates")
         return v
@@ -306,9 +399,11 @@ def load_spec(path: str | Path) -> Spec:
     """Read a YAML or TOML spec; every problem becomes one SpecError line."""
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise SpecError(f"{p}: cannot read spec ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{p}: not UTF-8 text (byte {e.start})") from None
     if p.suffix == ".toml":
         try:
             import tomllib

@@ -24,6 +24,7 @@ from typing import Any, Iterator, Optional
 from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError, field_validator
 
 from ..atomic import write_json_atomic
+from ..errors import UserError
 from ..schemas import Result, check_result, classify
 from .state import ResultKind
 
@@ -144,6 +145,10 @@ def _finalize(v: Any) -> str:
     return _quote_scalar(v)
 
 
+class TemplateError(UserError, ValueError):
+    """A command template that cannot be found, read, parsed or rendered; one line naming it."""
+
+
 class _TemplateFailure(Exception):
     pass
 
@@ -182,20 +187,20 @@ def _check_raw_literals(source: str) -> None:
 def _template_path(name_or_path: str) -> Path:
     s = str(name_or_path).strip()
     if not s:
-        raise ValueError("command template: empty name")
+        raise TemplateError("command template: empty name")
     looks_like_path = "/" in s or os.sep in s or s.endswith((".yaml", ".yml")) or s.startswith(("~", "."))
     if looks_like_path:
         p = Path(s).expanduser()
         if not p.is_file():
-            raise ValueError(f"command template file {s!r} not found (from {os.getcwd()})")
+            raise TemplateError(f"command template file {s!r} not found (from {os.getcwd()})")
         return p
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", s):
-        raise ValueError(f"command template {s!r}: not a template name or a path to a .yaml file")
+        raise TemplateError(f"command template {s!r}: not a template name or a path to a .yaml file")
     for d in template_dirs():
         p = d / f"{s}.yaml"
         if p.is_file():
             return p
-    raise ValueError(f"unknown command template {s!r} (known: {', '.join(shipped_templates()) or 'none'}; "
+    raise TemplateError(f"unknown command template {s!r} (known: {', '.join(shipped_templates()) or 'none'}; "
                      "or give a path to a .yaml file)")
 
 
@@ -223,7 +228,7 @@ def _one_line(e: ValidationError) -> str:
 
 
 def load_template(name_or_path: str) -> CommandTemplate:
-    """A shipped template by name or a user's template file; ValueError (one line) when unusable."""
+    """A shipped template by name or a user's template file; TemplateError (one line) when unusable."""
     import yaml
 
     p = _template_path(name_or_path)
@@ -231,19 +236,19 @@ def load_template(name_or_path: str) -> CommandTemplate:
     try:
         data = yaml.safe_load(p.read_bytes().decode("utf-8"))
     except OSError as e:
-        raise ValueError(f"{where}: cannot read ({e.strerror})") from None
+        raise TemplateError(f"{where}: cannot read ({e.strerror})") from None
     except UnicodeDecodeError as e:
-        raise ValueError(f"{where}: not UTF-8 text (byte {e.start})") from None
+        raise TemplateError(f"{where}: not UTF-8 text (byte {e.start})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
-        raise ValueError(f"{where}: YAML syntax error{at}: {getattr(e, 'problem', e)}") from None
+        raise TemplateError(f"{where}: YAML syntax error{at}: {getattr(e, 'problem', e)}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: must be a mapping with at least a 'command' key")
+        raise TemplateError(f"{where}: must be a mapping with at least a 'command' key")
     try:
         return CommandTemplate.model_validate({"name": p.stem, **data, "path": str(p)})
     except ValidationError as e:
-        raise ValueError(f"{where}: {_one_line(e)}") from None
+        raise TemplateError(f"{where}: {_one_line(e)}") from None
 
 
 def template_of(definition: dict) -> CommandTemplate:
@@ -382,14 +387,14 @@ def template_context(definition: dict, run_dir: Path, *, attempt: int = 1,
 
 
 def _render(source: str, ctx: dict, where: str, quoting: bool = True) -> str:
-    from jinja2 import TemplateError
+    from jinja2 import TemplateError as JinjaError
 
     try:
         return _env(quoting).from_string(source).render(ctx)
     except _TemplateFailure as e:
-        raise ValueError(f"{where}: {e}") from None
-    except TemplateError as e:
-        raise ValueError(f"{where}: {type(e).__name__}: {e}") from None
+        raise TemplateError(f"{where}: {e}") from None
+    except JinjaError as e:
+        raise TemplateError(f"{where}: {type(e).__name__}: {e}") from None
 
 
 def render_command(definition: dict, run_dir: Path, *, attempt: int = 1, srun: bool = False,
@@ -400,7 +405,7 @@ def render_command(definition: dict, run_dir: Path, *, attempt: int = 1, srun: b
     ctx = template_context(definition, run_dir, attempt=attempt, template=t)
     cmd = _render(t.command, ctx, f"command template {t.name!r}").strip()
     if not cmd:
-        raise ValueError(f"command template {t.name!r}: renders to an empty command")
+        raise TemplateError(f"command template {t.name!r}: renders to an empty command")
     if srun and t.srun:
         cmd = " ".join(x for x in ("srun", t.srun_args.strip(), cmd) if x)
     return cmd

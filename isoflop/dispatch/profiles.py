@@ -7,20 +7,25 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .. import CLUSTER_PROFILES
+from ..errors import UserError
+
+# a newline in a value would add a line (an #SBATCH directive, a command) to the job script
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-class ProfileError(ValueError):
+class ProfileError(UserError, ValueError):
     """A profile that cannot be used; one line naming the file and the field."""
 
 
 class Profile(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = ""
     description: str = ""
@@ -70,6 +75,15 @@ class Profile(BaseModel):
         for k in self.sbatch:
             if k.startswith("-"):
                 raise ValueError(f"sbatch: write {k.lstrip('-')!r} without leading dashes")
+        values = [(k, getattr(self, k)) for k in ("name", "partition", "account", "qos", "constraint")]
+        values += [(f"setup[{i}]", v) for i, v in enumerate(self.setup)]
+        values += [(f"sbatch.{k}", k) for k in self.sbatch] + [(f"sbatch.{k}", v) for k, v in self.sbatch.items()]
+        for where, v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"{where} must be finite, got {v}")
+            if isinstance(v, str) and _CONTROL.search(v):
+                raise ValueError(f"{where} contains a control character ({_CONTROL.search(v).group()!r}); "
+                                 "one value must stay on one line")
         return self
 
     @property
@@ -139,7 +153,9 @@ def load_profile(name_or_path: str | Path) -> Profile:
             names = ", ".join(sorted({q.stem for d in _search_dirs() if d.is_dir() for q in d.glob("*.yaml")})) or "none"
             raise ProfileError(f"no cluster profile {s!r} (a name in cluster_profiles/ or a YAML path); known: {names}")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ProfileError(f"{p}: not UTF-8 text (byte {e.start})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" line {mark.line + 1}" if mark else ""
@@ -162,7 +178,7 @@ def list_profiles() -> list[Profile | ProfileError]:
                 continue
             seen.add(p.stem)
             try:
-                data = yaml.safe_load(p.read_text())
+                data = yaml.safe_load(p.read_text(encoding="utf-8"))
                 out.append(parse_profile(data, name=p.stem, path=p.resolve()))
             except ProfileError as e:
                 out.append(e)

@@ -7,7 +7,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..spec import Spec
+from ..errors import UserError
+from ..spec import MAX_LR, Spec
 from . import flops, hparams
 from .shapes import Family, ShapeError, candidates, pick_shapes
 
@@ -15,7 +16,7 @@ from .shapes import Family, ShapeError, candidates, pick_shapes
 FLOP_TOLERANCE = 0.01
 
 
-class PlanError(ValueError):
+class PlanError(UserError, ValueError):
     """The spec cannot be planned; one line says why and where."""
 
 
@@ -95,9 +96,22 @@ def _merged_json(common_blob: bytes, own_blob: bytes) -> str:
 def _targets(spec: Spec, budget: float) -> list[float]:
     lo, hi = spec.grid.param_range(budget)
     k = spec.grid.points
-    if k == 1:
-        return [math.sqrt(lo * hi)]
-    return [lo * (hi / lo) ** (i / (k - 1)) for i in range(k)]
+    out = [math.sqrt(lo * hi)] if k == 1 else [lo * (hi / lo) ** (i / (k - 1)) for i in range(k)]
+    if not all(math.isfinite(t) and t > 0 for t in out):
+        raise PlanError(f"budget {budget:.4g}: grid.centre or grid.tokens_per_param give no finite model size")
+    return out
+
+
+def _rule_value(spec: Spec, kind: str, *, C: float, N: float, D: float) -> float:
+    """A rule's value at one run, refused where it cannot train (a rule can be fine at one budget only)."""
+    rule = spec.lr if kind == "lr" else spec.batch.rule
+    v = hparams.evaluate(rule, kind, C=C, N=N, D=D)
+    top = MAX_LR if kind == "lr" else math.inf
+    if not (math.isfinite(v) and 0 < v <= top):
+        field = "lr" if kind == "lr" else "batch.rule"
+        raise PlanError(f"{field}: gives {v:.4g} at budget {C:.4g}, N={N:.4g}" + (
+            f"; it must be within (0, {top:g}]" if kind == "lr" else "; it must be a positive finite number"))
+    return v
 
 
 def _common(spec: Spec) -> dict[str, Any]:
@@ -129,7 +143,10 @@ def plan(spec: Spec) -> list[Run]:
     all_targets = {b: _targets(spec, b) for b in budgets}
     lo = min(min(t) for t in all_targets.values())
     hi = max(max(t) for t in all_targets.values())
-    cands = candidates(fam, spec.params, lo, hi)
+    try:
+        cands = candidates(fam, spec.params, lo, hi)
+    except ShapeError as e:
+        raise PlanError(f"budget {max(budgets):.4g}: {e}") from None
     k = spec.grid.points
     step = math.log(all_targets[budgets[0]][-1] / all_targets[budgets[0]][0]) / (k - 1) if k > 1 else math.log(2)
     # half a grid step keeps the order and the spacing recognisable; never demand more than ~10%
@@ -148,7 +165,7 @@ def plan(spec: Spec) -> list[Run]:
             per_token = flops.flops_per_token(shape, spec.flops, spec.params)
             d_ideal = budget / per_token
             for bm in spec.batch_grid:
-                b_val = hparams.evaluate(spec.batch.rule, "batch", C=budget, N=n, D=d_ideal) * bm
+                b_val = _rule_value(spec, "batch", C=budget, N=n, D=d_ideal) * bm
                 seqs = hparams.batch_seqs(b_val, spec.batch.unit, fam.seq_len)
                 batch_tokens = seqs * fam.seq_len
                 steps = max(1, round(d_ideal / batch_tokens))
@@ -162,7 +179,7 @@ def plan(spec: Spec) -> list[Run]:
                         "the budget is too small for this batch size: raise it or lower batch"
                     )
                 for lm in spec.lr_grid:
-                    lr = hparams.evaluate(spec.lr, "lr", C=budget, N=n, D=tokens) * lm
+                    lr = _rule_value(spec, "lr", C=budget, N=n, D=tokens) * lm
                     for seed in spec.seeds:
                         own = {
                             "budget": budget,

@@ -13,14 +13,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import UserError
 from .flops import ParamConvention, Shape, params
 
 # how much a factor e away from the target aspect ratio costs, against a factor e in N
 ASPECT_WEIGHT = 0.1
+# shapes enumerated at once (8 arrays of this length): beyond it a request is refused, not run
+MAX_CANDIDATES = 4_000_000
 
 
-class ShapeError(ValueError):
-    pass
+class ShapeError(UserError, ValueError):
+    """No shape of the family fits (or too many would have to be enumerated to know)."""
 
 
 @dataclass(frozen=True)
@@ -59,12 +62,18 @@ class Candidates:
 def candidates(family: Family, convention: ParamConvention, n_min: float, n_max: float) -> Candidates:
     """All shapes whose N could be picked for targets in [n_min, n_max]."""
     # non-embedding N ~ 12 L d^2 = 12 d^3 / r: invert for the width range, then widen generously
+    if not (0 < n_min <= n_max < math.inf):
+        raise ShapeError(f"no shape has N in [{n_min:.4g}, {n_max:.4g}]")
     r = family.aspect_ratio
     d_lo = max(family.width_step, (n_min * r / 12) ** (1 / 3) / 4)
     d_hi = max(4 * family.width_step, (n_max * r / 12) ** (1 / 3) * 4)
-    widths = np.arange(
-        max(1, int(d_lo // family.width_step)), int(math.ceil(d_hi / family.width_step)) + 1
-    ) * family.width_step
+    first, last = max(1, int(d_lo // family.width_step)), int(math.ceil(d_hi / family.width_step))
+    if (last - first + 1) * family.max_layers > MAX_CANDIDATES:
+        raise ShapeError(
+            f"N up to {n_max:.4g} needs {last - first + 1:,} widths x {family.max_layers} layer counts of shapes; "
+            f"at most {MAX_CANDIDATES:,}: lower the budget, or raise model.head_dim/d_model_multiple"
+        )
+    widths = np.arange(first, last + 1) * family.width_step
     layers = np.arange(1, family.max_layers + 1)
     d, L = np.meshgrid(widths, layers, indexing="ij")
     d, L = d.ravel(), L.ravel()

@@ -1,20 +1,28 @@
-"""Opening the store: SQLite in WAL mode by default, any SQLAlchemy URL otherwise."""
+"""Opening the store: SQLite in WAL mode by default, any SQLAlchemy URL otherwise.
+
+A SQLite store in a folder this process cannot write (a read-only mount, another user's
+results) is opened read-only: WAL needs to create its -wal/-shm files beside the store, so a
+normal open would fail even for reading. Commands that change the store refuse it in one line.
+"""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import Iterator
 
 from sqlalchemy import create_engine, event, inspect, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from ..errors import UserError
 from .models import SCHEMA_VERSION, Base, Meta
 
 DEFAULT_WORKDIR = "isoflop-work"
 
 
-class StoreError(RuntimeError):
-    pass
+class StoreError(UserError, RuntimeError):
+    """A store that cannot be opened or used as asked; one line naming it."""
 
 
 def workdir_path(workdir: str | Path | None = None) -> Path:
@@ -28,6 +36,22 @@ def db_url(db: str | None, workdir: str | Path | None = None) -> str:
     return f"sqlite:///{workdir_path(workdir) / 'isoflop.db'}"
 
 
+def _sqlite_read_only_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA query_only=ON")
+    cur.close()
+
+
+def _writable(path: Path) -> bool:
+    folder_ok = os.access(path.parent, os.W_OK | os.X_OK)
+    return folder_ok and (not path.exists() or os.access(path, os.W_OK))
+
+
+def is_read_only(engine: Engine) -> bool:
+    """Whether open_engine opened this store read-only (its folder is not writable)."""
+    return engine.dialect.name == "sqlite" and engine.url.query.get("mode") == "ro"
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     # WAL: readers (status --watch) never block the one writer; NORMAL sync is safe under WAL
@@ -38,25 +62,37 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
-def open_engine(url: str, *, create: bool = True) -> Engine:
-    """An engine on a store whose schema version is checked (and created when `create`)."""
+def open_engine(url: str, *, create: bool = True, write: bool = True) -> Engine:
+    """An engine on a store whose schema version is checked (and created when `create`).
+
+    write=False: the caller only reads, so a SQLite store in a folder it cannot write is
+    opened read-only (immutable) instead of refused."""
+    read_only = False
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
+        if path.is_dir():
+            raise StoreError(f"{path}: is a folder, not a store file")
         if not create and not path.exists():
             raise StoreError(f"no store at {path}: run `isoflop plan SPEC` first, or pass --db/--workdir")
         path.parent.mkdir(parents=True, exist_ok=True)
+        if not _writable(path):
+            if write or create and not path.exists():
+                raise StoreError(f"{path.parent}: read-only folder; the store {path.name} there can be read "
+                                 "(status, fit) but not created or changed")
+            read_only = True
+            url = f"sqlite:///file:{path}?mode=ro&immutable=1&uri=true"
     try:
         engine = create_engine(url)
     except Exception as e:  # a malformed URL or a missing driver
         raise StoreError(f"cannot open store {url!r}: {e}") from None
     if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_read_only_pragmas if read_only else _sqlite_pragmas)
     try:
         has_meta = inspect(engine).has_table("meta")
     except Exception as e:
         raise StoreError(f"cannot open store {url!r}: {e.__class__.__name__}: {e}".splitlines()[0]) from None
     if not has_meta:
-        if not create:
+        if not create or read_only:
             raise StoreError(f"store {url!r} has no isoflop tables: run `isoflop plan SPEC` first")
         Base.metadata.create_all(engine)
         with Session(engine) as s, s.begin():
@@ -70,6 +106,30 @@ def open_engine(url: str, *, create: bool = True) -> Engine:
             "use the isoflop version that wrote it"
         )
     return engine
+
+
+@contextlib.contextmanager
+def removed_on_error(url: str) -> Iterator[None]:
+    """A SQLite store (and folders) that this block creates is removed again when it fails:
+    a failed `plan` leaves nothing behind."""
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(url.removeprefix("sqlite:///"))
+    if path.exists():
+        yield
+        return
+    missing = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
+    try:
+        yield
+    except BaseException:
+        for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
+            with contextlib.suppress(OSError):
+                p.unlink()
+        for d in missing:  # deepest first; only the empty folders this block made
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
