@@ -207,6 +207,7 @@ def init(
 
 
 @app.command("spec-schema")
+@friendly
 def spec_schema_cmd() -> None:
     """Print the JSON schema of a sweep spec."""
     from .spec import spec_schema
