@@ -128,6 +128,15 @@ class ModelFamily(_Strict):
     mup: bool = False
     mup_base_width: int = 256
 
+    @field_validator(*MAX_INT, mode="before")
+    @classmethod
+    def _bounded(cls, v: Any, info: Any) -> Any:
+        # checked before the int conversion, which would report 1e30 as an unparsable string
+        top = MAX_INT[info.field_name]
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not 1 <= v <= top:
+            raise ValueError(f"model.{info.field_name} must be an integer within [1, {top}], got {v:g}")
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> "ModelFamily":
         for f, top in MAX_INT.items():
@@ -378,8 +387,9 @@ def _loc(parts: tuple) -> str:
 
 
 def _format_error(e: ValidationError) -> str:
-    # the deepest error is the most specific one (a union reports one error per branch)
-    err = max(e.errors(), key=lambda x: len(x["loc"]))
+    # a union reports one error per branch: the branch whose own check failed (a value error)
+    # says what is wrong; among the rest the deepest error is the most specific one
+    err = max(e.errors(), key=lambda x: (x["type"] == "value_error", len(x["loc"])))
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown key"

@@ -74,6 +74,9 @@ def open_engine(url: str, *, create: bool = True, write: bool = True) -> Engine:
             raise StoreError(f"{path}: is a folder, not a store file")
         if not create and not path.exists():
             raise StoreError(f"no store at {path}: run `isoflop plan SPEC` first, or pass --db/--workdir")
+        blocker = next((d for d in path.parents if d.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise StoreError(f"{blocker}: is a file, not a folder (the store would be {path})")
         path.parent.mkdir(parents=True, exist_ok=True)
         if not _writable(path):
             if write or create and not path.exists():
