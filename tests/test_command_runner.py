@@ -349,3 +349,46 @@ def test_nanogpt_template_end_to_end(tmp_path, monkeypatch):
     out = second.wait(timeout=60)
     assert out.state == "completed", out.reason
     assert out.result["val_loss"] == ref.result["val_loss"]
+
+
+def _procs_running(script: Path, run_dir: Path) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            cmd = (d / "cmdline").read_bytes() if d.name.isdigit() else b""
+        except OSError:
+            continue
+        if str(script).encode() in cmd and str(run_dir).encode() in cmd:
+            out.append(int(d.name))
+    return out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc")
+def test_one_trainer_per_run_folder_even_an_orphan(tmp_path):
+    """The run folder is locked by whatever trains in it: a second attempt refuses to start beside
+    it, also beside a trainer orphaned by a job killed with -9 (whose shell died with the job)."""
+    run_dir = make_run(tmp_path, args=["--step_sleep=0.05"], steps=400)
+    runner = subprocess.Popen([sys.executable, "-m", "isoflop.dispatch.runner", str(run_dir)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = run_dir / "attempt-1.metrics.jsonl"
+    wait_for(lambda: progress.exists() and progress.stat().st_size > 0, timeout=30)
+
+    def second_attempt() -> Outcome:
+        run = CommandRun(run_dir, attempt=2)
+        run.start()
+        return run.wait(timeout=60)
+
+    out = second_attempt()
+    assert out.state == "failed" and "another trainer" in out.reason, out
+    runner.kill()
+    runner.wait()
+    wait_for(lambda: not _procs_running(Path("/bin/bash"), run_dir), timeout=5)  # the shell died with it
+    orphans = _procs_running(TOY, run_dir)
+    assert orphans, "the trainer should outlive a runner killed with -9 (here nobody reaps it)"
+    out = second_attempt()
+    assert out.state == "failed" and "another trainer" in out.reason, out
+    for pid in orphans:
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not _procs_running(TOY, run_dir), timeout=10)
+    out = second_attempt()
+    assert out.state == "completed", out

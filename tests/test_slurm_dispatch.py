@@ -6,6 +6,8 @@ a purge and a reused submitit folder would pick up stale results.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -212,3 +214,94 @@ def test_time_limit_requeues_and_resumes(slurm_cluster, planned_sweep, tmp_path)
     rdir = workdir / "runs" / "tiny" / st["runs"][0]["run_id"]
     result = json.loads((rdir / "result.json").read_text())
     assert result["resumed_from_step"], result
+
+
+# ------------------------------------------------------------------ faults on a real cluster
+
+
+def _trainer_pids(rdir: Path) -> list[int]:
+    tag = f"\0ISOFLOP_RUN_DIR={rdir}\0".encode()
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and b"isoflop.train" in (d / "cmdline").read_bytes() \
+                    and tag in b"\0" + (d / "environ").read_bytes() + b"\0":
+                out.append(int(d.name))
+        except OSError:
+            pass
+    return out
+
+
+def _one_run_running(tmp_path: Path, planned_sweep, step: int = 20) -> tuple:
+    engine, workdir = planned_sweep(budgets="[1.0e11]", points=1, ckpt=1)  # checkpoints every second
+    prof = profile(tmp_path)
+    run_isoflop("submit", "tiny", "--profile", prof, workdir=workdir)
+    st = wait_until(workdir, lambda s: s["runs"][0]["state"] == "running" and (s["runs"][0]["step"] or 0) >= step,
+                    timeout=120, poll=0.5)
+    rdir = workdir / "runs" / "tiny" / st["runs"][0]["run_id"]
+    return engine, workdir, prof, st["runs"][0], rdir
+
+
+def _trained_once(engine, rdir: Path) -> None:
+    """One result, a resumed one, and no attempt or result lost on the way."""
+    result = json.loads((rdir / "result.json").read_text())
+    assert result["resumed_from_step"], result
+    assert not list(rdir.glob("result.rejected-*")) and not _trainer_pids(rdir)
+    with Session(engine) as s:
+        assert s.scalar(select(func.count()).select_from(Run).where(Run.state == "completed")) == 1
+
+
+def test_trainer_killed_then_retried_resumes(slurm_cluster, planned_sweep, tmp_path):
+    engine, workdir, prof, run, rdir = _one_run_running(tmp_path, planned_sweep)
+    pids = _trainer_pids(rdir)
+    assert len(pids) == 1, pids
+    os.kill(pids[0], signal.SIGKILL)
+    st = wait_until(workdir, lambda s: s["active"] == 0, timeout=60)
+    assert st["runs"][0]["state"] == "failed" and "SIGKILL" in st["runs"][0]["reason"], st
+    run_isoflop("retry", "tiny", "--failed", "--profile", prof, workdir=workdir)
+    st = wait_until(workdir, lambda s: s["active"] == 0, timeout=180, poll=2)
+    assert st["runs"][0]["state"] == "completed" and st["runs"][0]["attempt"] == 2, st
+    _trained_once(engine, rdir)
+
+
+def test_node_down_and_back(slurm_cluster, planned_sweep, tmp_path):
+    """The node fails under a running job: Slurm requeues it, and once the node is back the run
+    resumes (or, if the job is gone, a retry resumes it); either way it trains once."""
+    engine, workdir, prof, run, rdir = _one_run_running(tmp_path, planned_sweep)
+    node = subprocess.run(["squeue", "-h", "-j", run["job_id"].split("_")[0], "-o", "%N"],
+                          capture_output=True, text=True).stdout.split()[0]
+    try:
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=down", "reason=isoflop-test"], check=True)
+        wait_until(workdir, lambda s: s["runs"][0]["state"] != "running", timeout=60)
+    finally:
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], check=True)
+    st = wait_until(workdir, lambda s: s["active"] == 0, timeout=240, poll=2)
+    if st["runs"][0]["state"] != "completed":
+        assert st["runs"][0]["state"] in ("lost", "cancelled"), st
+        run_isoflop("retry", "tiny", "--lost", "--cancelled", "--profile", prof, workdir=workdir)
+        st = wait_until(workdir, lambda s: s["active"] == 0, timeout=240, poll=2)
+    assert st["runs"][0]["state"] == "completed", st
+    _trained_once(engine, rdir)
+
+
+def test_status_while_slurmctld_is_stopped(slurm_cluster, planned_sweep, tmp_path):
+    """With the controller down, status warns and changes nothing (the run stays running); when it
+    is back the run completes."""
+    engine, workdir, prof, run, rdir = _one_run_running(tmp_path, planned_sweep, step=5)
+    pid = int(Path("/run/slurmctld.pid").read_text())
+    os.kill(pid, signal.SIGTERM)
+    try:
+        t0 = time.time()
+        while subprocess.run(["scontrol", "ping"], capture_output=True, text=True).stdout.count("is UP"):
+            assert time.time() - t0 < 30
+            time.sleep(0.5)
+        p = run_isoflop("status", "tiny", "--json", workdir=workdir, timeout=120)
+        st = json.loads(p.stdout)
+        assert st["runs"][0]["state"] in ("running", "completed"), st  # never lost for a silent scheduler
+        assert st["runs"][0]["state"] == "completed" or any("scheduler not asked" in w for w in st["warnings"]), st
+    finally:
+        subprocess.run(["slurmctld"], check=True)
+    subprocess.run(["sh", "-c", "for i in $(seq 60); do scontrol ping | grep -q 'is UP' && exit 0; sleep 0.5; done; exit 1"],
+                   check=True)
+    st = wait_until(workdir, lambda s: s["active"] == 0, timeout=180, poll=2)
+    assert st["runs"][0]["state"] == "completed" and st["runs"][0]["attempt"] == 1, st

@@ -31,12 +31,6 @@ except ImportError:  # pragma: no cover - local jobs without submitit
 INTERRUPT_WAIT_S = float(os.environ.get("ISOFLOP_INTERRUPT_WAIT_S", "60"))
 
 
-def _command_run_class():
-    from .runner import CommandRun
-
-    return CommandRun
-
-
 def job_id_here() -> str | None:
     """The scheduler's id of the job this process runs in (array tasks as ARRAY_TASK)."""
     env = os.environ
@@ -108,7 +102,9 @@ class PackedJob(_Base):
             started_at=prev.get("started_at") or _now(), resumed_at=_now() if prev else None,
             starts=int(prev.get("starts", 0)) + 1, reason=None, exit_code=None, ended_at=None, pid=os.getpid(),
         )
-        cr = _command_run_class()(rdir, attempt=attempt, srun=self.srun)
+        from .runner import CommandRun  # not at import: submitit unpickles this module on the node
+
+        cr = CommandRun(rdir, attempt=attempt, srun=self.srun)
         self._current = cr
         cancelled = False
         try:
@@ -143,14 +139,10 @@ class PackedJob(_Base):
             except Exception as e:  # never let a failing interrupt stop the requeue
                 print(f"isoflop job: interrupting the command failed: {e}", file=sys.stderr)
         remaining = [rd for rd in self.run_dirs if not run_finished(rd) and not (Path(rd) / F.CANCEL).exists()]
-        for rd in remaining:
-            spec = F.read_json(Path(rd) / F.RUN_JSON) or {}
-            p = F.status_path(Path(rd), int(spec.get("attempt", 1)))
-            if p.exists():
-                d = F.read_json(p) or {}
-                if d.get("state") == "running":
-                    d.update(state="requeued", reason="time limit or preemption: requeued to resume")
-                    F.write_json_atomic(p, d)
+        for rd in map(Path, remaining):
+            attempt = int((F.read_json(rd / F.RUN_JSON) or {}).get("attempt", 1))
+            if (F.read_json(F.status_path(rd, attempt)) or {}).get("state") == "running":
+                self._status(rd, attempt, state="requeued", reason="time limit or preemption: requeued to resume")
         return submitit.helpers.DelayedSubmission(PackedJob(remaining, self.srun))
 
 

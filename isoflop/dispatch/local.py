@@ -13,13 +13,14 @@ that died is started again by the next look at its jobs (status, submit).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 from . import files as F
 from .backend import ArrayPlan, JobState
@@ -28,41 +29,21 @@ from .locks import flock_file
 POLL_S = 0.3
 
 
-def local_dir(workdir: str | Path) -> Path:
-    return Path(workdir) / "local"
-
-
-def jobs_dir(workdir: str | Path) -> Path:
-    return local_dir(workdir) / "jobs"
-
-
 def _pid_alive(pid: int | None) -> bool:
+    """Whether a job process still runs (on Linux its cmdline guards against a reused pid)."""
     if not pid:
         return False
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmd = f.read()
+        if Path("/proc/self").is_dir():
+            return b"isoflop.dispatch" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        os.kill(pid, 0)
+        return True
     except OSError:
-        try:
-            os.kill(pid, 0)
-            return True
-        except (ProcessLookupError, PermissionError):
-            return False
-    return b"isoflop.dispatch" in cmd
-
-
-def enqueue(workdir: str | Path, jobs: Iterable[tuple[str, list[str]]], workers: int) -> None:
-    """Write the job files, then start a pool (a no-op when one is running)."""
-    jd = jobs_dir(workdir)
-    jd.mkdir(parents=True, exist_ok=True)
-    for job_id, run_dirs in jobs:
-        F.write_json_atomic(jd / f"{job_id}.json", {"job_id": job_id, "run_dirs": run_dirs, "created": time.time()})
-    F.write_json_atomic(local_dir(workdir) / "workers.json", {"workers": int(workers)})
-    start_pool(workdir)
+        return False
 
 
 def start_pool(workdir: str | Path) -> None:
-    ld = local_dir(workdir)
+    ld = Path(workdir) / "local"
     ld.mkdir(parents=True, exist_ok=True)
     with open(ld / "pool.log", "ab") as log:
         subprocess.Popen(
@@ -71,50 +52,67 @@ def start_pool(workdir: str | Path) -> None:
         )
 
 
-def pool_alive(workdir: str | Path) -> bool:
-    """Whether a pool holds the workdir's pool lock (a killed pool holds nothing)."""
-    f = flock_file(local_dir(workdir) / "pool.lock")
-    if f is None:
-        return True
-    f.close()
-    return False
+def _job_state(st: Optional[dict]) -> JobState:
+    if st is None:
+        return JobState("pending", "PENDING")
+    if st.get("state") == "running":
+        return JobState("running", "RUNNING", st.get("node", "")) if _pid_alive(st.get("pid")) else JobState("ended", "LOST")
+    code = st.get("exit_code")
+    return JobState("ended", str(st.get("state", "")).upper(), "", None if code is None else str(code))
 
 
-def job_states(workdir: str | Path, ids: Iterable[str]) -> dict[str, JobState]:
-    """What the pool's files say of the jobs whose file exists. A pending job without a pool
-    would wait forever: the pool is started again."""
-    jd = jobs_dir(workdir)
-    out: dict[str, JobState] = {}
-    for jid in ids:
-        if not (jd / f"{jid}.json").exists():
-            continue
-        st = F.read_json(jd / f"{jid}.state")
-        if st is None:
-            out[jid] = JobState("pending", "PENDING")
-        elif st.get("state") == "running":
-            alive = _pid_alive(st.get("pid"))
-            out[jid] = JobState("running", "RUNNING", st.get("node", "")) if alive else JobState("ended", "LOST")
-        else:
-            code = st.get("exit_code")
-            out[jid] = JobState("ended", str(st.get("state", "")).upper(), "", None if code is None else str(code))
-    if any(j.phase == "pending" for j in out.values()) and not pool_alive(workdir):
-        start_pool(workdir)
-    return out
+class LocalBackend:
+    """Jobs run by the workdir's pool, `workers` at a time (the profile's, or CPUs / threads)."""
 
+    name = "local"
 
-def cancel(workdir: str | Path, ids: Iterable[str]) -> None:
-    jd = jobs_dir(workdir)
-    for jid in ids:
-        if not (jd / f"{jid}.json").exists():
-            continue
-        (jd / f"{jid}.cancel").touch()
-        st = F.read_json(jd / f"{jid}.state") or {}
-        pid = st.get("pid")
-        if st.get("state") == "running" and _pid_alive(pid):
-            try:
-                os.kill(pid, signal.SIGTERM)  # the job forwards it to its command, which checkpoints
-            except ProcessLookupError:
-                pass
+    def __init__(self, workdir: str | Path, profile: Any = None) -> None:
+        self.workdir, self.profile = workdir, profile
+        self.jobs = Path(workdir) / "local" / "jobs"
+
+    def check(self) -> None:
+        pass
+
+    def parameters(self, *, minutes: int, name: str, comment: str) -> dict[str, Any]:
+        return {}
+
+    def preview(self, arr: ArrayPlan, root: Path) -> Optional[str]:
+        return None
+
+    def submit(self, arr: ArrayPlan, root: Path) -> list[str]:
+        """Write the job files, then start a pool (a no-op when one is running)."""
+        self.jobs.mkdir(parents=True, exist_ok=True)
+        ids = [f"{arr.token}_{i}" for i in range(len(arr.jobs))]
+        for jid, job in zip(ids, arr.jobs):
+            F.write_json_atomic(self.jobs / f"{jid}.json", {
+                "job_id": jid, "run_dirs": [str(root / r) for r in job.run_ids], "created": time.time()})
+        threads = int((F.read_json(root / arr.jobs[0].run_ids[0] / F.RUN_JSON) or {}).get("threads") or 1)
+        F.write_json_atomic(self.jobs.parent / "workers.json", {"workers": self.profile.local_workers(threads)})
+        start_pool(self.workdir)
+        return ids
+
+    def job_states(self, ids: list[str]) -> tuple[dict[str, JobState], str]:
+        """What the pool's files say of the jobs whose file exists. A pending job without a pool
+        would wait for ever: the pool is started again (a killed pool holds no lock)."""
+        out = {j: _job_state(F.read_json(self.jobs / f"{j}.state")) for j in ids if (self.jobs / f"{j}.json").exists()}
+        if any(j.phase == "pending" for j in out.values()) and (lock := flock_file(self.jobs.parent / "pool.lock")):
+            lock.close()
+            start_pool(self.workdir)
+        return out, "local"
+
+    def adopt(self, sweep: str, token: str, tasks: list[int], root: Path) -> dict[int, str]:
+        # a job file is a job that can run (a dead pool is started again by job_states)
+        return {t: f"{token}_{t}" for t in tasks if (self.jobs / f"{token}_{t}.json").exists()}
+
+    def cancel(self, ids: list[str]) -> None:
+        for jid in ids:
+            if not (self.jobs / f"{jid}.json").exists():
+                continue
+            (self.jobs / f"{jid}.cancel").touch()
+            st = F.read_json(self.jobs / f"{jid}.state") or {}
+            if st.get("state") == "running" and _pid_alive(st.get("pid")):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(st["pid"], signal.SIGTERM)  # the job forwards it to its command, which checkpoints
 
 
 # ------------------------------------------------------------------ the pool process
@@ -184,7 +182,8 @@ def _take_pool_lock(ld: Path) -> Optional[Any]:
 
 
 def pool_main(workdir: str) -> int:
-    ld, jd = local_dir(workdir), jobs_dir(workdir)
+    ld = Path(workdir) / "local"
+    jd = ld / "jobs"
     jd.mkdir(parents=True, exist_ok=True)
     lock = _take_pool_lock(ld)
     if lock is None:
@@ -204,41 +203,6 @@ def pool_main(workdir: str) -> int:
         elif time.time() - idle_since > 2.0:
             return 0
         time.sleep(POLL_S)
-
-
-class LocalBackend:
-    """Jobs run by the workdir's pool, `workers` at a time (the profile's, or CPUs / threads)."""
-
-    name = "local"
-
-    def __init__(self, workdir: str | Path, profile: Any = None) -> None:
-        self.workdir, self.profile = workdir, profile
-
-    def check(self) -> None:
-        pass
-
-    def parameters(self, *, minutes: int, name: str, comment: str) -> dict[str, Any]:
-        return {}
-
-    def preview(self, arr: ArrayPlan, root: Path) -> Optional[str]:
-        return None
-
-    def submit(self, arr: ArrayPlan, root: Path) -> list[str]:
-        ids = [f"{arr.token}_{i}" for i in range(len(arr.jobs))]
-        first = F.read_json(root / arr.jobs[0].run_ids[0] / F.RUN_JSON) or {}
-        workers = self.profile.local_workers(int(first.get("threads") or 1))
-        enqueue(self.workdir, [(jid, [str(root / r) for r in job.run_ids]) for jid, job in zip(ids, arr.jobs)], workers)
-        return ids
-
-    def job_states(self, ids: list[str]) -> tuple[dict[str, JobState], str]:
-        return job_states(self.workdir, ids), "local"
-
-    def adopt(self, sweep: str, token: str, tasks: list[int], root: Path) -> dict[int, str]:
-        # a job file is a job that can run (a dead pool is started again by job_states)
-        return {t: f"{token}_{t}" for t in tasks if (jobs_dir(self.workdir) / f"{token}_{t}.json").exists()}
-
-    def cancel(self, ids: list[str]) -> None:
-        cancel(self.workdir, ids)
 
 
 if __name__ == "__main__":

@@ -181,34 +181,32 @@ class CommandRun:
     def start(self) -> None:
         if self._started:
             raise RuntimeError(f"attempt {self.attempt} of {self.run_dir.name} was already started")
-        self._started = True
-        self._t0 = time.time()
+        self._started, self._t0 = True, time.time()
         if self.error is None and self.cwd and not os.path.isdir(self.cwd):
             self.error = f"command template {self.template.name!r}: working folder {self.cwd!r} does not exist"
         if self.error is not None:
-            if self.run_dir.is_dir():
-                self._log(f"attempt {self.attempt} cannot start: {self.error}")
-            self._outcome = Outcome("failed", self.error, None, 2)
-            return
+            return self._fail(f"attempt {self.attempt} cannot start: {self.error}")
         if self.interrupted is not None:  # a stop signal came before the command existed
             self._outcome = Outcome("preempted", f"interrupted by {signal.Signals(self.interrupted).name} "
                                     "before the command started", None, 0)
-            self._log(f"attempt {self.attempt} not started: {self._outcome.reason}")
-            return
+            return self._log(f"attempt {self.attempt} not started: {self._outcome.reason}")
         self._folder_lock = lock_run_folder(self.run_dir)
         if self._folder_lock is None:
             self.error = (f"another trainer (pid {run_folder_holder(self.run_dir) or '?'}) holds "
                           f"{self.run_dir.name}/; not started beside it")
-            self._log(self.error)
-            self._outcome = Outcome("failed", self.error, None, 2)
-            return
+            return self._fail(self.error)
         try:
             self._spawn()
         except OSError as e:
-            self.error = f"cannot start the command: {e}"
-            self._log(self.error)
-            self._outcome = Outcome("failed", self.error, None, 2)
             self._release()
+            self.error = f"cannot start the command: {e}"
+            self._fail(self.error)
+
+    def _fail(self, message: str) -> None:
+        """The attempt ends before its command could start: failed, with `error` as the reason."""
+        if self.run_dir.is_dir():
+            self._log(message)
+        self._outcome = Outcome("failed", self.error, None, 2)
 
     def _release(self) -> None:
         if self._folder_lock is not None:
