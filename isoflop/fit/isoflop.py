@@ -40,10 +40,12 @@ out of the frontier):
   the smallest or largest sampled size (a monotone profile: the true optimum
   may lie outside even when a fitted vertex lands just inside). `in_range`
   is False. For Akima, also when the grid minimum sits on an end of the range.
-- ``loss_out_of_range``: L_opt below the lowest mean loss of a size by more
-  than 3 noise standard errors (or above the highest): a spline overshoot
-  between near sizes (−685 on Epoch's points at 6e19), never a minimum.
-  Never enters a frontier, even with keep_flagged.
+- ``loss_out_of_range``: L_opt lower than any convex profile through the
+  means could go (below the extensions of the neighbouring secants,
+  `convex_floor`) by more than 6 noise standard errors, or above the highest
+  mean: a spline overshoot between near sizes (−685 on Epoch's points at
+  6e19) or a parabola missing a steep profile, never a minimum. Never
+  enters a frontier, even with keep_flagged.
 - ``vertex_near_edge``: N_opt within one grid step (the median spacing of
   the budget's sampled ln N) of the smallest or largest sampled N.
 """
@@ -169,6 +171,35 @@ def tokens_relation(params: np.ndarray, tokens: np.ndarray | None, budget: float
     return float(z.mean() - v * xm), v
 
 
+def convex_floor(ux: np.ndarray, means: np.ndarray) -> float:
+    """The lowest value a convex profile through these points can take between them.
+
+    On each interval [x_j, x_j+1] a convex function lies above the line through
+    (x_j−1, x_j) extended to the right and above the line through
+    (x_j+1, x_j+2) extended to the left; the floor is the lowest point of the
+    higher of the two, over all intervals.
+    """
+    s = len(ux)
+    lowest = math.inf
+    for j in range(s - 1):
+        lines = []
+        if j >= 1:
+            m = (means[j] - means[j - 1]) / (ux[j] - ux[j - 1])
+            lines.append((m, means[j] - m * ux[j]))
+        if j + 2 < s:
+            m = (means[j + 2] - means[j + 1]) / (ux[j + 2] - ux[j + 1])
+            lines.append((m, means[j + 1] - m * ux[j + 1]))
+        if not lines:
+            continue
+        pts = [ux[j], ux[j + 1]]
+        if len(lines) == 2 and lines[0][0] != lines[1][0]:
+            t = (lines[1][1] - lines[0][1]) / (lines[0][0] - lines[1][0])
+            if ux[j] < t < ux[j + 1]:
+                pts.append(t)
+        lowest = min(lowest, min(max(m * t + b for m, b in lines) for t in pts))
+    return float(lowest)
+
+
 def _d_at(relation: tuple[float, float], log_n: float) -> float:
     u, v = relation
     with np.errstate(over="ignore"):
@@ -207,15 +238,18 @@ def fit_budget(params: np.ndarray, loss: np.ndarray, budget: float, *, window: i
     if n_sizes < 3:
         return IsoflopFit(n_opt=nan, d_opt=nan, loss_opt=nan, points_used=int(len(x_all)), in_range=False,
                           flags=(TOO_FEW_POINTS,), coefficients=None, x0=nan, **base)
-    # a minimum's loss may sit below the lowest mean by the noise of that mean, not by more
+    # how low may a minimum lie? A convex profile never dips below the extensions of its neighbouring
+    # secants (`convex_floor`); noise moves those lines by a few σ. A spline overshoot (−685 on Epoch's
+    # near-duplicate sizes) falls far below; a real minimum between two sparse sizes does not.
     if np.isfinite(noise) and noise > 0:
-        margin = 3.0 * float(noise) / math.sqrt(float(counts[int(np.argmin(means))]))
-    else:  # noise unknown: only an overshoot by a quarter of the profile's own range is surely not a minimum
+        margin = 6.0 * float(noise) / math.sqrt(float(counts.min()))
+    else:  # noise unknown: a quarter of the profile's own loss range
         margin = 0.25 * float(means.max() - means.min())
+    floor = min(convex_floor(ux, means), float(means.min()))
 
     def loss_flags(l_star: float) -> list[str]:
         tol = margin + 1e-9 * max(1.0, abs(float(means.min())))
-        return [LOSS_OUT_OF_RANGE] if (l_star < means.min() - tol or l_star > means.max() + tol) else []
+        return [LOSS_OUT_OF_RANGE] if (l_star < floor - tol or l_star > means.max() + tol) else []
 
     if minimizer == "akima":
         from .akima import akima_minimum
