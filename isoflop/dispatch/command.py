@@ -347,39 +347,23 @@ def template_context(definition: dict, run_dir: Path, *, attempt: int = 1,
     warmup_frac = float(sched.get("warmup_frac", 0.0))
     min_lr_frac = float(sched.get("min_lr_frac", 0.0))
     ctx: dict[str, Any] = {
-        "python": sys.executable,
-        "run_id": definition.get("run_id", ""),
-        "sweep": definition.get("sweep", ""),
-        "budget": definition.get("budget"),
-        "attempt": int(attempt),
-        "shape": shape,
-        "n_layer": shape.get("n_layer"), "n_head": shape.get("n_head"), "d_model": shape.get("d_model"),
-        "vocab_size": shape.get("vocab_size"), "seq_len": shape.get("seq_len"),
-        "mlp": shape.get("mlp"), "tied": shape.get("tied"), "qk_norm": shape.get("qk_norm"),
+        "python": sys.executable, "attempt": int(attempt), "shape": shape, "steps": steps,
+        "run_id": definition.get("run_id", ""), "sweep": definition.get("sweep", ""), "seed": definition.get("seed", 0),
+        **{k: definition.get(k) for k in ("budget", "tokens", "batch_seqs", "batch_tokens", "device", "dtype",
+                                          "compile", "threads", "flop_convention", "param_convention")},
+        **{k: shape.get(k) for k in ("n_layer", "n_head", "d_model", "vocab_size", "seq_len", "mlp", "tied", "qk_norm")},
         "head_dim": (shape["d_model"] // shape["n_head"]) if shape.get("n_head") else None,
-        "tokens": definition.get("tokens"), "steps": steps,
-        "batch_seqs": definition.get("batch_seqs"), "batch_tokens": definition.get("batch_tokens"),
         "lr": lr, "lr_scale": lr_scale, "base_lr": definition.get("lr"),
         "min_lr": _tidy(lr * min_lr_frac), "warmup_steps": int(round(warmup_frac * steps)),
         "schedule": sched.get("kind", "cosine"), "warmup_frac": warmup_frac, "min_lr_frac": min_lr_frac,
         "decay_frac": sched.get("decay_frac"),
         "decay_steps": int(round(float(sched.get("decay_frac") or 0.0) * steps)),
-        "beta1": opt.get("beta1"), "beta2": opt.get("beta2"), "weight_decay": opt.get("weight_decay"),
-        "grad_clip": opt.get("grad_clip"),
-        "seed": definition.get("seed", 0),
-        "device": definition.get("device"), "dtype": definition.get("dtype"),
-        "compile": definition.get("compile"), "threads": definition.get("threads"),
+        **{k: opt.get(k) for k in ("beta1", "beta2", "weight_decay", "grad_clip")},
         "data_kind": data.get("kind"), "data_path": data.get("path") or "",
-        "run_dir": str(paths.run_dir),
-        "checkpoint_dir": str(paths.checkpoint_dir),
-        "resume_from": paths.resume_from(t.resumable),
-        "result_path": str(paths.result),
-        "metrics_path": str(paths.script_metrics),
-        "log_path": str(paths.log),
-        "vars": dict(definition.get("vars") or {}),
-        "flop_convention": definition.get("flop_convention"),
-        "param_convention": definition.get("param_convention"),
-        "planned": dict(definition.get("planned") or {}),
+        "run_dir": str(paths.run_dir), "checkpoint_dir": str(paths.checkpoint_dir),
+        "resume_from": paths.resume_from(t.resumable), "result_path": str(paths.result),
+        "metrics_path": str(paths.script_metrics), "log_path": str(paths.log),
+        "vars": dict(definition.get("vars") or {}), "planned": dict(definition.get("planned") or {}),
         "definition": definition,
     }
     ctx.update(_params(definition))
@@ -460,8 +444,6 @@ def _num(v: Any) -> Optional[float]:
 
 def _finite_or_none(v: Optional[float]) -> Optional[float]:
     return v if v is not None and math.isfinite(v) else None
-
-
 
 
 def _log_lines(log_path: Path) -> Iterator[str]:
