@@ -9,6 +9,7 @@ and the store's SQL dump and every file under the workdir are compared before an
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import sqlite3
@@ -363,8 +364,6 @@ def test_store_in_read_only_folder_can_be_read(tmp_path, pristine):
     with read_only(tmp_path / "work"):
         code, out, err, exc = invoke(["status", "small", "--json"], tmp_path, tmp_path / "work")
         assert exc is None and code == 0, err
-        import json
-
         st = json.loads(out)
         assert st["counts"] == {"planned": 8}
         assert "read-only" in " ".join(st.get("warnings", []))
@@ -414,3 +413,48 @@ def test_every_command_has_the_wrapper():
 
 def test_there_are_at_least_sixty_cases():
     assert len(CASES) >= 60
+
+
+# ------------------------------------------------------------------ result files a job left behind
+
+BAD_RESULTS = {
+    "loss text": lambda good: {**good, "val_loss": "abc"},
+    "loss boolean": lambda good: {**good, "val_loss": True},
+    "loss missing": lambda good: {k: v for k, v in good.items() if k != "val_loss"},
+    "loss null": lambda good: {**good, "val_loss": None},
+    "loss a list": lambda good: {**good, "val_loss": [3.0]},
+    "not an object": lambda good: [good],
+    "truncated": lambda good: json.dumps(good)[:40],
+    "empty": lambda good: "",
+    "not utf-8": lambda good: json.dumps(good).encode().replace(b'"ok"', b'"\xe9"'),
+    "other run's result": lambda good: {**good, "run_id": "0" * 12},
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_RESULTS))
+def test_bad_result_file_fails_its_run_only(case, tmp_path):
+    """A result.json that does not hold a finished run's loss: `status` exits 0, that run is
+    `failed` with a reason naming the file, and every other run's result is read in."""
+    from .test_run_faults import _result, _submitted
+
+    from isoflop.store.engine import open_engine
+
+    work = tmp_path / "work"
+    (tmp_path / "s.yaml").write_text(SMALL)
+    assert invoke(["plan", "s.yaml"], tmp_path, work)[0] == 0  # the store records its workdir: plan here
+    dirs = list(_submitted(open_engine(f"sqlite:///{work / 'isoflop.db'}", create=False), work,
+                           sweep="small").items())
+    for i, (_, rdir) in enumerate(dirs):
+        _result(rdir, 4.0 + i / 10)
+    bad_id, bad = dirs[3]
+    good = json.loads((bad / "result.json").read_text())
+    content = BAD_RESULTS[case](good)
+    data = content if isinstance(content, bytes) else (
+        content if isinstance(content, str) else json.dumps(content)).encode()
+    (bad / "result.json").write_bytes(data)
+    code, out, err, exc = invoke(["status", "small", "--json"], tmp_path, work)
+    assert exc is None and code == 0 and "Traceback" not in err, (exc, err)
+    runs = {r["run_id"]: r for r in json.loads(out)["runs"]}
+    assert runs[bad_id]["state"] == "failed", [(r["state"], r["reason"]) for r in runs.values()]
+    assert str(bad / "result.json") in runs[bad_id]["reason"], runs[bad_id]["reason"]
+    assert all(r["state"] == "completed" for rid, r in runs.items() if rid != bad_id), runs
