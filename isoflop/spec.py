@@ -11,6 +11,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import UserError
+from .yamlio import load_data, one_line
 
 # Bounds beyond which a spec describes nothing trainable; they keep the planner from
 # enumerating shapes for hours (or overflowing) before it could say so.
@@ -376,62 +377,19 @@ class Spec(_Strict):
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
 
 
-_TYPE_WORDS = {"float", "int", "str", "bool", "list", "dict", "tuple"}
-
-
-def _loc(parts: tuple) -> str:
-    # union branches and validators appear in loc as type names; keep only field names and indices
-    keep = [str(p) for p in parts if isinstance(p, int) or (
-        re.fullmatch(r"[a-z_][a-z0-9_]*", p) and p not in _TYPE_WORDS)]
-    return ".".join(keep)
-
-
-def _format_error(e: ValidationError) -> str:
-    # a union reports one error per branch: the branch whose own check failed (a value error)
-    # says what is wrong; among the rest the deepest error is the most specific one
-    err = max(e.errors(), key=lambda x: (x["type"] == "value_error", len(x["loc"])))
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        msg = "unknown key"
-    return f"{_loc(err['loc']) or 'spec'}: {msg}"
-
-
 def parse_spec(data: Any) -> Spec:
     if not isinstance(data, dict):
         raise SpecError("spec: the top level must be a mapping of keys to values")
     try:
         return Spec.model_validate(data)
     except ValidationError as e:
-        raise SpecError(_format_error(e)) from None
+        raise SpecError(one_line(e, "spec")) from None
 
 
 def load_spec(path: str | Path) -> Spec:
     """Read a YAML or TOML spec; every problem becomes one SpecError line."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise SpecError(f"{p}: cannot read spec ({e.strerror})") from None
-    except UnicodeDecodeError as e:
-        raise SpecError(f"{p}: not UTF-8 text (byte {e.start})") from None
-    if p.suffix == ".toml":
-        try:
-            import tomllib
-        except ImportError:  # Python 3.10
-            import tomli as tomllib  # type: ignore[no-redef]
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise SpecError(f"{p}: TOML syntax error: {e}") from None
-    else:
-        import yaml
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise SpecError(f"{p}: YAML syntax error{where}: {getattr(e, 'problem', e)}") from None
+    data = load_data(p, SpecError, "spec")
     try:
         spec = parse_spec(data)
     except SpecError as e:

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError, field_v
 
 from ..atomic import write_json_atomic
 from ..errors import UserError
+from ..yamlio import load_data
 from ..schemas import Result, check_result, classify
 from .state import ResultKind
 
@@ -229,20 +230,12 @@ def _one_line(e: ValidationError) -> str:
 
 def load_template(name_or_path: str) -> CommandTemplate:
     """A shipped template by name or a user's template file; TemplateError (one line) when unusable."""
-    import yaml
-
     p = _template_path(name_or_path)
     where = f"command template {p}"
     try:
-        data = yaml.safe_load(p.read_bytes().decode("utf-8"))
-    except OSError as e:
-        raise TemplateError(f"{where}: cannot read ({e.strerror})") from None
-    except UnicodeDecodeError as e:
-        raise TemplateError(f"{where}: not UTF-8 text (byte {e.start})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise TemplateError(f"{where}: YAML syntax error{at}: {getattr(e, 'problem', e)}") from None
+        data = load_data(p, TemplateError, "command template")
+    except TemplateError as e:
+        raise TemplateError(f"command template {e}") from None
     if not isinstance(data, dict):
         raise TemplateError(f"{where}: must be a mapping with at least a 'command' key")
     try:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .. import CLUSTER_PROFILES
 from ..errors import UserError
+from ..yamlio import load_data, one_line
 
 # a newline in a value would add a line (an #SBATCH directive, a command) to the job script
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -117,15 +118,6 @@ def _search_dirs() -> list[Path]:
     return dirs
 
 
-def _one_line(e: ValidationError) -> str:
-    err = max(e.errors(), key=lambda x: len(x["loc"]))
-    loc = ".".join(str(p) for p in err["loc"]) or "profile"
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        msg = "unknown key"
-    return f"{loc}: {msg}"
-
-
 def parse_profile(data: Any, *, name: str, path: Optional[Path] = None) -> Profile:
     where = str(path) if path else name
     if data is None:
@@ -136,13 +128,11 @@ def parse_profile(data: Any, *, name: str, path: Optional[Path] = None) -> Profi
     try:
         return Profile.model_validate(data)
     except ValidationError as e:
-        raise ProfileError(f"{where}: {_one_line(e)}") from None
+        raise ProfileError(f"{where}: {one_line(e, 'profile')}") from None
 
 
 def load_profile(name_or_path: str | Path) -> Profile:
     """A profile by name (cluster_profiles/<name>.yaml, $ISOFLOP_PROFILES) or by path."""
-    import yaml
-
     s = str(name_or_path)
     p = Path(s).expanduser()
     if not (s.endswith((".yaml", ".yml")) or os.sep in s) or not p.is_file():
@@ -152,24 +142,13 @@ def load_profile(name_or_path: str | Path) -> Profile:
         elif not p.is_file():
             names = ", ".join(sorted({q.stem for d in _search_dirs() if d.is_dir() for q in d.glob("*.yaml")})) or "none"
             raise ProfileError(f"no cluster profile {s!r} (a name in cluster_profiles/ or a YAML path); known: {names}")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise ProfileError(f"{p}: not UTF-8 text (byte {e.start})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" line {mark.line + 1}" if mark else ""
-        raise ProfileError(f"{p}:{at} invalid YAML ({getattr(e, 'problem', e)})") from None
-    except OSError as e:
-        raise ProfileError(f"{p}: cannot read profile ({e.strerror})") from None
+    data = load_data(p, ProfileError, "profile")
     name = p.stem if p.suffix in (".yaml", ".yml") else p.name
     return parse_profile(data, name=(data or {}).get("name", name) if isinstance(data, dict) else name, path=p.resolve())
 
 
 def list_profiles() -> list[Profile | ProfileError]:
     """Every profile in the search path (a broken one as its error)."""
-    import yaml
-
     out: list[Profile | ProfileError] = []
     seen: set[str] = set()
     for d in _search_dirs():
@@ -178,10 +157,7 @@ def list_profiles() -> list[Profile | ProfileError]:
                 continue
             seen.add(p.stem)
             try:
-                data = yaml.safe_load(p.read_text(encoding="utf-8"))
-                out.append(parse_profile(data, name=p.stem, path=p.resolve()))
+                out.append(parse_profile(load_data(p, ProfileError, "profile"), name=p.stem, path=p.resolve()))
             except ProfileError as e:
                 out.append(e)
-            except Exception as e:  # unreadable YAML
-                out.append(ProfileError(f"{p}: {str(e).splitlines()[0]}"))
     return out
