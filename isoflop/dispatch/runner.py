@@ -144,7 +144,6 @@ class CommandRun:
         self.moved_aside: Optional[str] = None
         self.interrupted: Optional[int] = None
         self._proc: Optional[subprocess.Popen] = None
-        self._pgid: Optional[int] = None
         self._t0 = 0.0
         self._outcome: Optional[Outcome] = None
         self._pump: Optional[ProgressPump] = None
@@ -242,35 +241,21 @@ class CommandRun:
             )
         finally:
             log.close()
-        self._pgid = self._proc.pid  # start_new_session: the child leads its own group
         if self.interrupted is not None:  # interrupt() ran while we were spawning
-            os.killpg(self._pgid, self.interrupted)
+            os.killpg(self._proc.pid, self.interrupted)  # start_new_session: the child leads its group
 
     def interrupt(self, sig: int = signal.SIGUSR1) -> None:
         """Forward a time-limit/preemption signal to the command's whole process group. Safe to call
         from a signal handler, more than once, and after the command ended (then a no-op)."""
         if self.template is not None and self.template.stop_signal:
             sig = getattr(signal, f"SIG{self.template.stop_signal}")
-        if self._proc is None:  # not started (yet): start() will not spawn, or will forward it
-            if self.interrupted is None:
-                self.interrupted = int(sig)
-            return
-        if self._proc.poll() is not None:
+        if self._proc is not None and self._proc.poll() is not None:
             return
         if self.interrupted is None:
             self.interrupted = int(sig)
-        try:
-            os.killpg(self._proc.pid, sig)  # start_new_session: the child's pid is its group's id
-        except ProcessLookupError:
-            pass
-
-    def kill(self) -> None:
-        """SIGKILL the process group (cleanup; the outcome will be failed unless interrupted)."""
-        if self._pgid is not None:
-            try:
-                os.killpg(self._pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        if self._proc is not None:  # else not started (yet): start() will not spawn, or will forward it
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, sig)  # start_new_session: the child's pid is its group's id
 
     def poll(self) -> Optional[int]:
         return None if self._proc is None else self._proc.poll()
@@ -307,7 +292,7 @@ class CommandRun:
     def _finish(self, rc: int) -> Outcome:
         # a command's helpers (torchrun workers, a backgrounded writer) may outlive the leader
         end = time.monotonic() + DRAIN_S
-        while self._pgid is not None and _group_alive(self._pgid) and time.monotonic() < end:
+        while _group_alive(self._proc.pid) and time.monotonic() < end:
             time.sleep(POLL_S)
             if self._outcome is not None:  # finished by a re-entrant wait()
                 return self._outcome
