@@ -27,6 +27,7 @@ from ..atomic import write_json_atomic
 from ..errors import UserError
 from ..yamlio import load_data
 from ..schemas import Result, check_result, classify
+from .files import tail
 from .state import ResultKind
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates" / "commands"
@@ -450,21 +451,11 @@ def _log_lines(log_path: Path) -> Iterator[str]:
 
 
 def last_log_line(log_path: Path, limit: int = 300) -> str:
-    """The last non-empty line the command wrote (for a failure's reason)."""
-    try:
-        with open(log_path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 65536))
-            tail = f.read().decode(errors="replace")
-    except OSError:
-        return ""
-    for line in reversed(tail.splitlines()):
-        line = line.rstrip()
-        # the last segment of a \r-updated progress bar
-        line = line.split("\r")[-1].strip()
-        if line and not line.startswith(LOG_PREFIX):
-            return line if len(line) <= limit else line[: limit - 1] + "…"
+    """The last non-empty line the command wrote (for a failure's reason); a \r-updated progress
+    bar counts as several lines."""
+    for line in reversed(tail(log_path, 10_000, 65536)):
+        if not line.startswith(LOG_PREFIX):
+            return line.strip() if len(line.strip()) <= limit else line.strip()[: limit - 1] + "…"
     return ""
 
 

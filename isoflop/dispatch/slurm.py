@@ -7,6 +7,7 @@ SchedulerError (the caller then changes nothing).
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import shutil
@@ -41,30 +42,24 @@ def available() -> bool:
     return shutil.which("squeue") is not None and shutil.which("sbatch") is not None
 
 
-_SACCT: bool | None = None
-
-
 def has_sacct() -> bool:
     """Whether `sacct` answers (real accounting, or a stand-in such as tests/slurm/sacct-shim)."""
-    global _SACCT
-    forced = os.environ.get("ISOFLOP_SLURM_SACCT", "auto").lower()
-    if forced in ("0", "no", "false"):
+    if os.environ.get("ISOFLOP_SLURM_SACCT", "auto").lower() in ("0", "no", "false"):
         return False  # e.g. a cluster whose sacct answers but lags too much to trust
-    if _SACCT is None:
-        if shutil.which("sacct") is None:
-            _SACCT = False
-        else:
-            try:
-                r = _run(["sacct", "-n", "-P", "-X", "-j", "1", "-o", "JobID"], timeout=15)
-                _SACCT = r.returncode == 0
-            except SchedulerError:
-                _SACCT = False
-    return _SACCT
+    return _sacct_answers()
+
+
+@functools.lru_cache(maxsize=1)
+def _sacct_answers() -> bool:
+    try:
+        return shutil.which("sacct") is not None and _run(["sacct", "-n", "-P", "-X", "-j", "1", "-o", "JobID"],
+                                                          timeout=15).returncode == 0
+    except SchedulerError:
+        return False
 
 
 def reset_cache() -> None:
-    global _SACCT
-    _SACCT = None
+    _sacct_answers.cache_clear()
 
 
 def _base(job_id: str) -> str:
