@@ -78,6 +78,14 @@ class Centre(_Strict):
     def _k(cls, v: float) -> float:
         return _positive_finite(v, "k")
 
+    @field_validator("power")
+    @classmethod
+    def _power(cls, v: float) -> float:
+        # compute-optimal N grows with C, slower than C itself (Chinchilla 0.5, Kaplan 0.73)
+        if not 0 <= v <= 1:
+            raise ValueError(f"power must be within [0, 1], got {v}")
+        return v
+
     def params(self, budget: float) -> float:
         return self.k * budget**self.power
 
@@ -171,6 +179,14 @@ class PowerRule(_Strict):
     @classmethod
     def _coef(cls, v: float) -> float:
         return _positive_finite(v, "coef")
+
+    @field_validator("power")
+    @classmethod
+    def _power(cls, v: float) -> float:
+        # published rules have |power| < 1; beyond 3 a rule overflows over a budget's range
+        if not -3 <= v <= 3:
+            raise ValueError(f"power must be within [-3, 3], got {v}")
+        return v
 
     @field_validator("min", "max")
     @classmethod

@@ -93,6 +93,7 @@ CASES: dict[str, Bad] = {
     "batch rule -8": plan_bad(spec("rule: 4", "rule: -8"), "batch.rule"),
     "batch rule zero": plan_bad(spec("rule: 4", "rule: 0"), "batch.rule"),
     "batch rule nan": plan_bad(spec("rule: 4", "rule: .nan"), "batch.rule"),
+    "batch below one sequence": plan_bad(spec("{rule: 4, unit: sequences}", "{rule: 20, unit: tokens}"), "batch.rule"),
     "batch rule negative max": plan_bad(spec("rule: 4", "rule: {coef: 1, power: 0.3, max: -8}"), "batch.rule.max"),
     "beta1 one": plan_bad(with_line("optimizer: {beta1: 1.0}"), "optimizer.beta1"),
     "beta2 negative": plan_bad(with_line("optimizer: {beta2: -0.1}"), "optimizer.beta2"),
@@ -458,3 +459,63 @@ def test_bad_result_file_fails_its_run_only(case, tmp_path):
     assert runs[bad_id]["state"] == "failed", [(r["state"], r["reason"]) for r in runs.values()]
     assert str(bad / "result.json") in runs[bad_id]["reason"], runs[bad_id]["reason"]
     assert all(r["state"] == "completed" for rid, r in runs.items() if rid != bad_id), runs
+
+
+# ------------------------------------------------------------------ any numbers: a plan or one UserError
+
+from hypothesis import HealthCheck, event, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+NUMBERS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(min_value=1e-3, max_value=1e3),
+    st.integers(min_value=-10, max_value=10**40),
+    st.integers(min_value=1, max_value=128),
+    st.sampled_from([0, 1, -1, 0.5, 1.0 - 1e-12, 1e30, 1e40]),
+)
+FIELDS = [("lr",), ("batch", "rule"), ("model", "head_dim"), ("model", "seq_len"), ("model", "vocab_size"),
+          ("model", "aspect_ratio"), ("model", "max_layers"), ("grid", "points"), ("grid", "span"),
+          ("grid", "centre", "k"), ("grid", "centre", "power"), ("optimizer", "beta1"), ("optimizer", "grad_clip"),
+          ("trainer", "threads"), ("trainer", "eval_batches"), ("schedule", "warmup_frac"),
+          ("lr", "coef"), ("lr", "power"), ("lr", "min"), ("lr", "max"), ("batch", "rule", "coef"),
+          ("batch", "rule", "power"), ("batch", "rule", "max")]
+
+
+@settings(max_examples=int(os.environ.get('BADINPUT_EXAMPLES', 150)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(changes=st.lists(st.tuples(st.sampled_from(FIELDS), NUMBERS), min_size=1, max_size=3),
+       budget=st.one_of(st.floats(min_value=3e11, max_value=1e14), NUMBERS))
+def test_any_numbers_plan_to_trainable_runs_or_one_user_error(changes, budget):
+    """Whatever numbers a spec holds, planning gives runs that can train or one UserError line:
+    never another exception, never a NaN, a non-positive lr or batch, never minutes of enumeration."""
+    import math
+
+    import yaml
+
+    from isoflop.errors import UserError
+    from isoflop.plan.grid import plan
+    from isoflop.spec import parse_spec
+
+    data = yaml.safe_load(SMALL)
+    data["budgets"] = [budget]
+    data["grid"]["points"] = 3
+    for path, value in changes:
+        d = data
+        for k in path[:-1]:
+            if not isinstance(d.get(k, {}), dict):  # a number becomes a power rule of that value
+                d[k] = {"coef": d[k]}
+            d = d.setdefault(k, {})
+        d[path[-1]] = value
+    t0 = time.monotonic()
+    try:
+        runs = plan(parse_spec(data))
+    except UserError as e:
+        assert str(e) and "\n" not in str(e)
+        event("refused")
+        return
+    finally:
+        assert time.monotonic() - t0 < 10
+    event("planned")
+    for r in runs:
+        assert math.isfinite(r.lr) and 0 < r.lr <= 10
+        assert r.batch_seqs >= 1 and r.steps >= 1 and r.n_layer >= 1 and r.d_model >= 1
+        assert abs(r.flops / r.budget - 1) <= 0.01

@@ -167,6 +167,12 @@ def plan(spec: Spec) -> list[Run]:
             for bm in spec.batch_grid:
                 b_val = _rule_value(spec, "batch", C=budget, N=n, D=d_ideal) * bm
                 seqs = hparams.batch_seqs(b_val, spec.batch.unit, fam.seq_len)
+                asked = b_val if spec.batch.unit == "sequences" else b_val / fam.seq_len
+                if asked < 0.5:  # rounding up to one sequence would silently multiply the batch
+                    raise PlanError(
+                        f"batch.rule: gives {asked:.3g} sequences of {fam.seq_len} tokens at budget {budget:.4g}, "
+                        f"N={n:,} (x{bm:g} batch_grid); a step needs at least one sequence"
+                    )
                 batch_tokens = seqs * fam.seq_len
                 steps = max(1, round(d_ideal / batch_tokens))
                 tokens = steps * batch_tokens

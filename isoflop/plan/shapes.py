@@ -67,12 +67,14 @@ def candidates(family: Family, convention: ParamConvention, n_min: float, n_max:
     r = family.aspect_ratio
     d_lo = max(family.width_step, (n_min * r / 12) ** (1 / 3) / 4)
     d_hi = max(4 * family.width_step, (n_max * r / 12) ** (1 / 3) * 4)
-    first, last = max(1, int(d_lo // family.width_step)), int(math.ceil(d_hi / family.width_step))
-    if (last - first + 1) * family.max_layers > MAX_CANDIDATES:
+    # counted in floats first: d_hi is infinite where n_max * r overflows
+    n_widths = math.ceil(d_hi / family.width_step) - d_lo // family.width_step + 1 if math.isfinite(d_hi) else math.inf
+    if n_widths * family.max_layers > MAX_CANDIDATES:
         raise ShapeError(
-            f"N up to {n_max:.4g} needs {last - first + 1:,} widths x {family.max_layers} layer counts of shapes; "
+            f"N up to {n_max:.4g} needs {n_widths:,.0f} widths x {family.max_layers} layer counts of shapes; "
             f"at most {MAX_CANDIDATES:,}: lower the budget, or raise model.head_dim/d_model_multiple"
         )
+    first, last = max(1, int(d_lo // family.width_step)), int(math.ceil(d_hi / family.width_step))
     widths = np.arange(first, last + 1) * family.width_step
     layers = np.arange(1, family.max_layers + 1)
     d, L = np.meshgrid(widths, layers, indexing="ij")
