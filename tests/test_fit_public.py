@@ -88,17 +88,16 @@ def test_porian_headline_three_minimizers(porian):
                                 keep_flagged=("vertex_near_edge",)))
     win = fit_sweep(porian, minimizer="parabola", window=5, bootstrap=0)
     a_akima = _porian_a(fit_sweep(porian, bootstrap=0))   # Akima is the default
-    # a parabola through every point of these wide sweeps misses the minimum: its vertex lies below the
-    # lowest loss of most budgets by many noise σ, and they are flagged
-    assert sum("loss_out_of_range" in f.flags for f in every.budgets) >= 6
-    # the 5-size parabola undershoots the lowest loss of the steep 1.25e16 profile by 5 noise σ: flagged, left out
-    assert win.budgets[0].flags == ("loss_out_of_range",) and not win.used[0]
+    # a parabola through every point of these wide sweeps misses the minimum: its vertex lies below what
+    # any convex profile through the points could reach, and such budgets are flagged
+    assert sum("loss_out_of_range" in f.flags for f in every.budgets) >= 3
     a_win = _porian_a(win)
-    assert a_win == pytest.approx(0.508, abs=1e-3)
+    assert a_win == pytest.approx(0.501, abs=2e-3)
     assert a_akima == pytest.approx(0.497, abs=1e-3)
     assert a_akima == pytest.approx(float(pub["a_paper"]), abs=1e-3)
     assert lo <= a_akima <= hi
-    assert not (lo <= a_all <= hi), "the all-points parabola is biased on wide sweeps"
+    # with the budgets whose vertex misses the data left out, the rest agree with the published value
+    assert lo <= a_all <= hi
 
 
 @needs_porian
@@ -124,3 +123,33 @@ def test_porian_budget_optima_close_to_published(porian):
 def test_read_csv_needs_config_when_several(tmp_path):
     with pytest.raises(ValueError, match="config"):
         read_csv(PORIAN)
+
+
+@needs_porian
+def test_default_estimator_inside_published_interval_in_14_of_15_porian_configs():
+    # how the default was chosen (benchmarks/fit_accuracy.py prints the table): Akima minima, seed-noise
+    # bootstrap, the bootstrap median as the estimate
+    with PORIAN_FITS.open() as fh:
+        published = list(csv.DictReader(fh))
+    assert len(published) == 15
+    inside = []
+    for pub in published:
+        report = fit_sweep(read_csv(PORIAN, config=pub["config"]), bootstrap=300, seed=0, parametric=None)
+        a = report.frontier.params.exponent_median
+        inside.append(float(pub["a_ci95_lo"]) <= a <= float(pub["a_ci95_hi"]))
+        lo, hi = report.frontier.params.exponent_ci
+        assert lo <= a <= hi
+    assert sum(inside) >= 14, [p["config"] for p, ok in zip(published, inside) if not ok]
+
+
+@needs_epoch
+def test_epoch_akima_minima_stay_inside_the_data(epoch240):
+    # near-duplicate sizes (pairs ~150 parameters apart) once made the 6e19 spline dip to L_opt = -685
+    report = fit_sweep(epoch240, budgets=HOFFMANN_BUDGETS, bootstrap=100, parametric=None)
+    for f, (_, n, y), used in zip(report.budgets, report.points, report.used):
+        assert n.min() * (1 - 1e-9) <= f.n_opt <= n.max() * (1 + 1e-9)
+        if used:
+            assert y.min() - 0.1 < f.loss_opt <= y.max()
+    f6 = next(f for f in report.budgets if f.budget == 6e19)
+    assert f6.sizes < f6.points and 2.5 < f6.loss_opt < 2.7   # near-duplicates merged
+    assert sum(report.used) >= 6

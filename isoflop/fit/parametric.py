@@ -216,7 +216,7 @@ def fit_parametric(params, tokens, loss, *, method: str = "lse", n_starts: int |
 
 
 def lse_draws(fit: ParametricFit, params, tokens, loss, sigma: float, n_draws: int, seed: int = 0,
-              weights=None) -> np.ndarray:
+              weights=None, sigma_dof: int | None = None) -> np.ndarray:
     """Draws of (E, A, B, α, β) around an `lse` fit from its linearised sampling distribution.
 
     The noise model is the bootstrap's: each run's loss has noise σ (a mean of
@@ -228,6 +228,9 @@ def lse_draws(fit: ParametricFit, params, tokens, loss, sigma: float, n_draws: i
     draws of ln E spread, and E = e^(ln E) stays positive. Draws with α or
     β ≤ 0 are NaN rows. A pseudo-inverse keeps a rank-deficient fit finite
     (that direction then gets no spread: the caller checks the fit first).
+    sigma_dof: the degrees of freedom behind σ; each draw then scales its
+    deviation by √(dof/χ²_dof), σ's own uncertainty (unlike the bootstrap,
+    these draws add no noise to noisy data, so nothing else widens them).
     """
     n, d, y = _check(params, tokens, loss)
     wt = np.ones_like(y) if weights is None else np.asarray(weights, dtype=float).ravel()
@@ -244,7 +247,10 @@ def lse_draws(fit: ParametricFit, params, tokens, loss, sigma: float, n_draws: i
     theta = np.array([la, lb, le, fit.alpha, fit.beta])
     evals, evecs = np.linalg.eigh((cov + cov.T) / 2.0)
     root = evecs * np.sqrt(np.clip(evals, 0.0, None))
-    draws = theta[None, :] + rng.standard_normal((int(n_draws), 5)) @ root.T
+    dev = rng.standard_normal((int(n_draws), 5)) @ root.T
+    if sigma_dof:   # σ is itself estimated: each draw gets its own σ* = σ·√(dof/χ²_dof)
+        dev *= np.sqrt(sigma_dof / rng.chisquare(sigma_dof, size=int(n_draws)))[:, None]
+    draws = theta[None, :] + dev
     with np.errstate(over="ignore"):
         out = np.stack([np.exp(draws[:, 2]), np.exp(draws[:, 0]), np.exp(draws[:, 1]), draws[:, 3], draws[:, 4]], 1)
     bad = ~((out[:, 3] > 0) & (out[:, 4] > 0) & np.isfinite(out).all(1))

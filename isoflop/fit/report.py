@@ -415,14 +415,8 @@ def fit_sweep(table: FitTable, *, window: int | str | None = 5, minimizer: str =
     if frontier is not None and int(bootstrap) > 0 and np.isfinite(noise.sigma):
         bv = bootstrap_vertices([groups[i] for i in sel_idx], window=k, minimizer=minimizer,
                                 n_resamples=int(bootstrap), seed=seed, sigma=noise.sigma,
-                                sigma_dof=noise.dof if noise.source != "none" else None,
                                 tokens_relations=[fits[i].tokens_relation for i in sel_idx])
         samples = frontier_samples(bv)
-        # the point fit with the same precision weights as the resamples
-        frontier = fit_frontier(fits, use, samples.weights_n)
-        chosen = [f for f, u in zip(fits, use) if u]
-        frontier = replace(frontier, loss_law=fit_loss_law(np.array([f.budget for f in chosen]),
-                                                           np.array([f.loss_opt for f in chosen]), samples.weights_l))
         frontier = _frontier_with_ci(frontier, samples)
         for col, i in enumerate(sel_idx):
             v = bv.valid[:, col]
@@ -456,7 +450,8 @@ def fit_sweep(table: FitTable, *, window: int | str | None = 5, minimizer: str =
     par_draws = check = None
     if par and par[0].method == "lse" and math.isfinite(par[0].E) and par[0].E > 0 and np.isfinite(noise.sigma) \
             and int(bootstrap) > 0:
-        par_draws = lse_draws(par[0], pn, pd, py, noise.sigma, int(bootstrap), seed, pw)
+        par_draws = lse_draws(par[0], pn, pd, py, noise.sigma, int(bootstrap), seed, pw,
+                              sigma_dof=noise.dof if noise.source != "none" else None)
     if par and frontier is not None:
         check = _parametric_check(par[0], par_draws, fits, sel_idx, bv)
     preds = _predictions(frontier, samples, predict, par, par_draws, check)
