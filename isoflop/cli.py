@@ -140,7 +140,11 @@ def plan(
         from .store.sweeps import save_plan
 
         with removed_on_error(db_url(OPTS.db, OPTS.workdir)):
-            result = save_plan(_engine(create=True), spec, runs, workdir_path(OPTS.workdir), force=force)
+            engine = _engine(create=True)
+            try:
+                result = save_plan(engine, spec, runs, workdir_path(OPTS.workdir), force=force)
+            finally:
+                engine.dispose()  # closes the file, so that a failed new store is really gone
     if as_json:
         for r in runs:
             print(json.dumps(r.to_json()))

@@ -352,6 +352,38 @@ def test_read_only_store_folder_refuses_changes(tmp_path, pristine, args):
     assert snapshot(tmp_path / "work") == before
 
 
+@contextmanager
+def small_disk(path: Path, size: str = "256k"):
+    """A tiny filesystem (tmpfs) that a big plan fills up."""
+    path.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {r.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def test_full_disk_is_one_line_and_changes_nothing(tmp_path):
+    """A disk that fills up during `plan`: one line naming the store; a new store is removed again,
+    an existing one keeps exactly what it held (the transaction rolls back)."""
+    many = SMALL + "seeds: [" + ", ".join(map(str, range(50))) + "]\nlr_grid: [0.5, 0.7, 1.0, 1.4, 2.0, 2.8, 4.0, 5.6]\n"
+    (tmp_path / "small.yaml").write_text(SMALL)
+    (tmp_path / "many.yaml").write_text(many)
+    (tmp_path / "other.yaml").write_text(many.replace("name: small", "name: other"))
+    with small_disk(tmp_path / "disk"):
+        work = tmp_path / "disk" / "work"
+        code, out, err, exc = invoke(["plan", "other.yaml"], tmp_path, work)
+        assert_one_line_error(code, out, err, exc, "database or disk is full")
+        assert str(work / "isoflop.db") in err and not work.exists()
+        assert invoke(["plan", "small.yaml"], tmp_path, work)[0] == 0
+        before = snapshot(work)
+        code, out, err, exc = invoke(["plan", "many.yaml", "--force"], tmp_path, work)
+        assert_one_line_error(code, out, err, exc, "database or disk is full")
+        assert snapshot(work) == before
+
+
 def test_init_into_read_only_folder(tmp_path):
     with read_only(tmp_path / "ro"):
         code, out, err, exc = invoke(["init", "ro/mine.yaml"], tmp_path, tmp_path / "work")

@@ -62,6 +62,21 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
+# SQLite errors that the user's disk or folder causes (not isoflop): one line, not pages of SQL
+_SQLITE_USER_ERRORS = ("database or disk is full", "attempt to write a readonly database",
+                       "unable to open database file", "disk I/O error", "database is locked")
+
+
+def _user_facing(store: str):
+    def handle_error(ctx) -> StoreError | None:
+        msg = str(ctx.original_exception)
+        if any(msg.startswith(m) for m in _SQLITE_USER_ERRORS):
+            return StoreError(f"store {store}: {msg}")
+        return None
+
+    return handle_error
+
+
 def open_engine(url: str, *, create: bool = True, write: bool = True) -> Engine:
     """An engine on a store whose schema version is checked (and created when `create`).
 
@@ -90,6 +105,7 @@ def open_engine(url: str, *, create: bool = True, write: bool = True) -> Engine:
         raise StoreError(f"cannot open store {url!r}: {e}") from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_read_only_pragmas if read_only else _sqlite_pragmas)
+        event.listen(engine, "handle_error", _user_facing(url.removeprefix("sqlite:///")))
     try:
         has_meta = inspect(engine).has_table("meta")
     except Exception as e:
