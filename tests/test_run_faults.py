@@ -217,3 +217,30 @@ def test_a_live_trainer_keeps_its_run_running(planned_sweep, tmp_path):
         for p in (trainer, other):
             p.kill()
             p.wait()
+
+
+def test_nanogpt_sweep_with_stale_losses_fits_none_of_them(tmp_path):
+    """Finding 10 end to end: the nanoGPT template through the local pool with an eval_interval (17)
+    that divides the steps of one run (170) but not of the others (433, 53)."""
+    from isoflop.store.engine import open_engine
+
+    ng = tmp_path / "nanoGPT"
+    (ng / "data" / "toy").mkdir(parents=True)
+    trainer = ("trainer: {template: nanogpt, device: cpu, vars: {nanogpt_dir: '%s', train_py: '%s', dataset: toy, "
+               "eval_interval: 17, eval_iters: 2, log_interval: 10}}\n"
+               % (ng, Path(__file__).parent / "scripts" / "nanogpt_like" / "train.py"))
+    text = "".join(trainer if ln.startswith("trainer:") else ln + "\n" for ln in tiny_spec().splitlines())
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(text)
+    workdir = tmp_path / "work"
+    run_isoflop("plan", str(spec), workdir=workdir)
+    run_isoflop("submit", "tiny", "--profile", local_profile(tmp_path), workdir=workdir)
+    runs = {r["steps"]: r for r in wait_done(workdir, timeout=180)["runs"]}
+    assert sorted(runs) == [53, 170, 433], runs
+    assert runs[170]["state"] == "completed", runs[170]
+    for steps, last in ((433, 425), (53, 51)):
+        assert runs[steps]["state"] == "failed", runs[steps]
+        assert f"from step {last} of {steps} planned" in runs[steps]["reason"], runs[steps]["reason"]
+    engine = open_engine(f"sqlite:///{workdir / 'isoflop.db'}", create=False)
+    _, rows, _ = fit_inputs(engine, "tiny")
+    assert [r["run_id"] for r in rows if r["state"] == "completed"] == [runs[170]["run_id"]]
