@@ -169,3 +169,18 @@ def test_without_a_parametric_fit_the_loss_law_says_so():
     assert p.loss_opt_model.startswith("L_opt = E + k")
     assert p.loss_opt_ci is not None and p.loss_opt_ci[0] <= p.loss_opt <= p.loss_opt_ci[1]
     assert rep.frontier.loss_law.E_ci is not None
+
+
+def test_every_fit_json_key_is_documented_in_the_readme():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("#### `fit --json`"):]
+    section = section[:section.index("\n## ")] if "\n## " in section else section
+    t = draw_sweep(LAWS[0], np.random.default_rng(5), noise=0.01)
+    j = fit_sweep(t, bootstrap=50, predict=[1e20], holdout_top=1).to_json()
+    objects = [j, j["budgets"][0], j["frontier"], j["frontier"]["params"], j["frontier"]["loss_law"],
+               j["predictions"][0], j["predictions"][0]["parametric"], j["noise"], j["parametric_check"],
+               j["parametric"][0], j["bootstrap"]]
+    missing = sorted({k for o in objects for k in o if f"`{k}`" not in section and f"`{k}[]`" not in section})
+    assert not missing, f"keys of fit --json not in README's schema: {missing}"
