@@ -153,3 +153,18 @@ def test_epoch_akima_minima_stay_inside_the_data(epoch240):
     f6 = next(f for f in report.budgets if f.budget == 6e19)
     assert f6.sizes < f6.points and 2.5 < f6.loss_opt < 2.7   # near-duplicates merged
     assert sum(report.used) >= 6
+
+
+@needs_porian
+def test_keep_flagged_estimates_inside_their_own_intervals_on_porian():
+    # finding 6: with --keep-flagged this config once printed a = 0.7317 outside its own [0.7488, 0.9477]
+    report = fit_sweep(read_csv(PORIAN, config="rw/base/long/kaplan/kaplan/train"), bootstrap=300,
+                       keep_flagged=True, parametric=None)
+    p = report.frontier.params
+    assert p.exponent_ci[0] <= p.exponent_median <= p.exponent_ci[1]
+    for i, used in enumerate(report.used):
+        if used:
+            lo, hi = report.budget_ci[i]
+            assert lo <= report.budget_median[i] <= hi
+            f = report.budgets[i]
+            assert f.n_min <= lo <= hi <= f.n_max * (1 + 1e-9)
