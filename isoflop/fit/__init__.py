@@ -4,6 +4,12 @@ Pure functions over numpy arrays returning frozen dataclasses. The entry
 point is `fit_sweep(table, ...) -> FitReport`; `FitReport.to_json()` is the
 `--json` output; `render.render_report` (rich) and `plots.save_plots`
 (matplotlib, imported only there) draw it. Only `csvio` does I/O.
+
+Modules: `table` (runs as arrays), `noise` (sizes, seed noise, outliers),
+`isoflop` + `akima` (per-budget minima and flags), `bootstrap` (seed-noise
+resamples), `frontier` + `losslaw` (power laws in C; L_opt = E + k·C^−γ),
+`parametric` (L(N, D), approach 3), `envelope` (approach 1), `report`
+(`fit_sweep`), `simulate` (sweeps drawn from a known law, for calibration).
 """
 from .csvio import read_csv
 from .envelope import Envelope, fit_envelope
