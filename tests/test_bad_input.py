@@ -406,6 +406,19 @@ def test_store_in_read_only_folder_can_be_read(tmp_path, pristine):
     assert snapshot(tmp_path / "work") == before
 
 
+def test_finished_sweep_in_read_only_folder_fits(tmp_path, pristine):
+    shutil.copytree(pristine, tmp_path / "work")
+    # losses on the Chinchilla law, as if every run had finished
+    _sql(tmp_path / "work" / "isoflop.db", "UPDATE runs SET state='completed', "
+         "val_loss = 1.69 + 406.4 / pow(params, 0.34) + 410.7 / pow(tokens, 0.28)")
+    before = snapshot(tmp_path / "work")
+    with read_only(tmp_path / "work"):
+        code, out, err, exc = invoke(["fit", "small", "--bootstrap", "0", "--json"], tmp_path, tmp_path / "work")
+        assert exc is None and code == 0, err
+        assert len(json.loads(out)["budgets"]) == 2
+    assert snapshot(tmp_path / "work") == before
+
+
 @pytest.mark.parametrize("args, files", [
     (["plan", "bad.yaml"], {"bad.yaml": spec("lr: 0.003", "lr: .nan")}),
     (["fit", "--csv", "adir"], {}),
