@@ -7,7 +7,7 @@ points, and all 15 IsoFLOP configurations of Porian et al. (2024) with their
 published exponent a and its 95% interval.
 
 The Porian table is how the default estimator was chosen: per config the
-default (Akima minimum per budget, seed-noise bootstrap, precision-weighted
+default (Akima minimum per budget, seed-noise bootstrap, unweighted
 frontier, the bootstrap median as the estimate), the plain Akima fit (no
 bootstrap, unweighted), and the 5-size parabola, each marked * when outside
 the published 95% interval.
@@ -97,7 +97,7 @@ def main() -> None:
     print(f"inside the published 95% interval: default {inside['default']}/{n}, Akima fit {inside['akima']}/{n}, "
           f"5-size parabola {inside['parabola']}/{n}")
     print(f"(Porian: {time.perf_counter() - t0:.1f} s; default = Akima minima, seed-noise bootstrap of 1000 "
-          f"resamples, seed 0, precision-weighted frontier, bootstrap median)")
+          f"resamples, seed 0, unweighted frontier, bootstrap median)")
 
 
 if __name__ == "__main__":
