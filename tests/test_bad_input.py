@@ -564,3 +564,49 @@ def test_any_numbers_plan_to_trainable_runs_or_one_user_error(changes, budget):
         assert math.isfinite(r.lr) and 0 < r.lr <= 10
         assert r.batch_seqs >= 1 and r.steps >= 1 and r.n_layer >= 1 and r.d_model >= 1
         assert abs(r.flops / r.budget - 1) <= 0.01
+
+
+# ------------------------------------------------------------------ any text in a profile: no line of its own
+
+_PRINTABLE = st.text(st.characters(codec="utf-8", exclude_categories=["Cc", "Cs"]), max_size=12)
+PROFILE_TEXT = st.one_of(_PRINTABLE, _PRINTABLE, _PRINTABLE, st.text(st.characters(codec="utf-8"), max_size=12))
+
+
+@pytest.fixture(scope="module")
+def sweep_for_slurm(tmp_path_factory, pristine) -> Path:
+    if shutil.which("sbatch") is None:
+        pytest.skip("submit --dry-run of a Slurm profile needs sbatch on PATH")
+    root = tmp_path_factory.mktemp("slurm-dry")
+    shutil.copytree(pristine, root / "work")
+    return root
+
+
+@settings(max_examples=int(os.environ.get("BADINPUT_EXAMPLES", 40)), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(values=st.fixed_dictionaries({k: PROFILE_TEXT for k in ("partition", "account", "qos", "constraint")}),
+       comment=PROFILE_TEXT, setup=PROFILE_TEXT)
+def test_no_profile_text_adds_a_line_to_the_job_script(sweep_for_slurm, values, comment, setup):
+    """Whatever text a profile holds, the sbatch script keeps one line per parameter and one per
+    setup entry (a newline would add an #SBATCH directive or a command), or the profile is
+    refused in one line naming the file."""
+    import re
+
+    import yaml
+
+    root = sweep_for_slurm
+    prof = {"executor": "slurm", **values, "sbatch": {"comment": comment}, "setup": [setup]}
+    (root / "prof.yaml").write_text(yaml.safe_dump(prof))
+    code, out, err, exc = invoke(["submit", "small", "--profile", "./prof.yaml", "--dry-run"], root, root / "work")
+    assert exc is None, exc
+    if code != 0:
+        assert_one_line_error(code, out, err, exc, "prof.yaml")
+        event("refused")
+        return
+    event("script")
+    script = out.split("sbatch script (first array):\n", 1)[1].split("\n\n# command\n", 1)[0]
+    params, setup_block = script.split("\n# setup\n") if "\n# setup\n" in script else (script, "")
+    lines = params.split("\n")
+    directives = [ln for ln in lines if ln.startswith("#SBATCH")]
+    assert all(re.match(r"#SBATCH --[a-z][a-z-]*(=|$)", ln) for ln in directives), directives
+    assert len([ln for ln in lines if ln.strip() and not ln.startswith("#")]) == 0, lines
+    assert len(setup_block.strip("\n").split("\n")) <= 1, setup_block
