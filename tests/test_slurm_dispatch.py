@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -151,8 +152,8 @@ def test_requeue_resumes_to_same_loss(slurm_cluster, planned_sweep, tmp_path):
 
 @pytest.mark.parametrize("point", ["intent", "sbatch"])
 def test_killed_submit_makes_no_duplicate_jobs(slurm_cluster, planned_sweep, tmp_path, point):
-    engine, workdir = planned_sweep(name=f"kill-{point}", budgets="[3.0e10]", points=3)
-    name = f"kill-{point}"
+    name = f"kill-{point}-{uuid.uuid4().hex[:6]}"  # ended jobs stay in squeue for MinJobAge: a fresh name
+    engine, workdir = planned_sweep(name=name, budgets="[3.0e10]", points=3)
     prof = profile(tmp_path, pack=0)  # one job per run
     try:
         p = run_isoflop("submit", name, "--profile", prof, workdir=workdir, check=False,
@@ -181,7 +182,7 @@ def test_submit_killed_before_the_pickle_submits_again(slurm_cluster, planned_sw
     """A submit killed after sbatch made the jobs but before submitit wrote their pickles: such a
     job waits for its pickle and dies, so it used to be adopted and every run lost an attempt.
     Now it is cancelled, the intent abandoned and the run submitted again; each trains once."""
-    name = "kill-pickle"
+    name = f"kill-pickle-{uuid.uuid4().hex[:6]}"  # ended jobs stay in squeue for MinJobAge: a fresh name
     engine, workdir = planned_sweep(name=name, budgets="[3.0e10]", points=3)
     prof = profile(tmp_path, pack=0)  # one job per run
     try:
