@@ -71,11 +71,12 @@ def main() -> None:
     ap.add_argument("--sweeps", type=int, default=70, help="sweeps per noise level")
     ap.add_argument("--bootstrap", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--noise", type=float, action="append", help="only these noise levels (repeatable)")
     args = ap.parse_args()
     t0 = time.perf_counter()
     print(f"{'noise':>6} {'quantity':<22} {'coverage':>8} {'nominal':>7} {'bias fit':>9} {'RMSE fit':>9} "
           f"{'bias med':>9} {'RMSE med':>9}  n")
-    for noise in NOISES:
+    for noise in args.noise or NOISES:
         rng = np.random.default_rng([args.seed, int(noise * 1e4)])
         res = []
         for i in range(args.sweeps):
