@@ -20,13 +20,16 @@ def with_ids(table: FitTable) -> FitTable:
     return FitTable(budget=table.budget, params=table.params, tokens=table.tokens, loss=table.loss, run_id=ids)
 
 
-def test_intervals_cover_the_truth_in_a_loose_band():
-    # 30 sweeps of 5 budgets (noise 0.01, the starter grid): nominal 90%; a loose band keeps this fast and stable
+@settings(max_examples=2, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31), noise=st.sampled_from([0.003, 0.01, 0.03]))
+def test_intervals_cover_the_truth_in_a_loose_band(seed, noise):
+    # 30 sweeps of 5 budgets (the starter grid) per example: nominal 90%. A loose band and derandomized
+    # examples keep this fast and never flaky (P(< 70% of 30 | p = 0.9) ≈ 0.1%).
     hits = {"a": 0, "n_pred": 0, "l_pred": 0, "budget": 0}
     budgets = 0
     for i in range(30):
         law = LAWS[i % len(LAWS)]
-        rep = fit_sweep(draw_sweep(law, np.random.default_rng(100 + i), noise=0.01), bootstrap=150, seed=i,
+        rep = fit_sweep(draw_sweep(law, np.random.default_rng([seed, i]), noise=noise), bootstrap=150, seed=i,
                         predict=[1e20])
         lo, hi = rep.frontier.params.exponent_ci
         hits["a"] += lo <= law.a <= hi

@@ -297,7 +297,7 @@ def group_by_budget(budget: np.ndarray) -> list[tuple[float, np.ndarray]]:
 
 
 def fit_isoflops(params: np.ndarray, loss: np.ndarray, budget: np.ndarray, *, window: int | str | None = 5,
-                 minimizer: str = "akima", tokens: np.ndarray | None = None) -> tuple[IsoflopFit, ...]:
+                 minimizer: str = "parabola", tokens: np.ndarray | None = None) -> tuple[IsoflopFit, ...]:
     """Fit every budget (arrays of usable runs only). Ascending budget order. tokens: see fit_budget."""
     p = np.asarray(params, dtype=float)
     y = np.asarray(loss, dtype=float)
