@@ -8,9 +8,10 @@ Which budgets enter the frontier: those without flags. `vertex_near_edge`
 is excluded by default too, because a vertex within one grid step of the
 sampled edge is fixed mostly by the points on one side of it (and in a
 bootstrap it often crosses the edge); `keep_flagged=("vertex_near_edge",)`
-keeps such budgets, `keep_flagged=True` keeps every budget that has a vertex
-(out-of-range ones included). Budgets flagged too_few_points/not_convex have
-no vertex and never enter.
+keeps such budgets, `keep_flagged=True` keeps every budget whose vertex lies
+inside its sampled sizes. Budgets flagged too_few_points/not_convex/
+loss_out_of_range never enter. Outliers (see noise.py) leave every fit and
+are listed in `excluded` and `outliers`.
 
 D_opt: per budget from the budget's own (N, D) pairs (FitTable.tokens) at
 N_opt, see `isoflop.py`; a run whose FLOPs are known enters with its tokens
@@ -379,7 +380,7 @@ def fit_sweep(table: FitTable, *, window: int | str | None = 5, minimizer: str =
     # the noise model first: it decides which runs are outliers, and the outliers leave every fit
     noise, found = _noise_and_outliers(groups)
     outliers: list[Excluded] = []
-    for (c, idx), bad in zip(by_budget, found):
+    for g, ((c, idx), bad) in enumerate(zip(list(by_budget), found)):
         for j, dev, z in bad:
             i = idx[j]
             outliers.append(Excluded(str(run_ids[i]), c, f"outlier: loss {y_all[i]:.4g} is {dev:+.3g} off its "
@@ -387,7 +388,7 @@ def fit_sweep(table: FitTable, *, window: int | str | None = 5, minimizer: str =
         if bad:
             keep = np.ones(len(idx), dtype=bool)
             keep[[j for j, _, _ in bad]] = False
-            by_budget[by_budget.index((c, idx))] = (c, idx[keep])
+            by_budget[g] = (c, idx[keep])
     excluded.extend(outliers)
     groups = [(c, n_all[idx], y_all[idx]) for c, idx in by_budget]
     # D_opt under the sweep's convention: each budget's own (N, D) pairs (see isoflop.py)
