@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from ..schemas import RESULT_JSON, ResultCheck, check_result
 from . import files as F
-from .state import AttemptState, Evidence, ResultKind, Scheduler
+from .state import JOB_REPORTED, AttemptState, Evidence, ResultKind, Scheduler
 
 _PHASES = {"pending": Scheduler.PENDING, "running": Scheduler.RUNNING, "ended": Scheduler.ENDED}
 _HOST = socket.gethostname()
@@ -19,7 +19,7 @@ _HOST = socket.gethostname()
 
 def scheduler_evidence(info: Any, unreachable: bool) -> tuple[Scheduler, str]:
     """(Scheduler, its word for an ended job) from a scheduler view entry (phase, STATE, node,
-    exit_code), or None when the scheduler does not know the job."""
+    exit_code); `info` is None when the scheduler does not know the job."""
     if unreachable:
         return Scheduler.UNREACHABLE, ""
     if info is None:
@@ -29,9 +29,10 @@ def scheduler_evidence(info: Any, unreachable: bool) -> tuple[Scheduler, str]:
 
 def _reported(status: dict[str, Any]) -> Optional[AttemptState]:
     try:
-        return AttemptState(status.get("state"))
+        st = AttemptState(status.get("state"))
     except ValueError:
         return None  # absent, or a word this version does not know: ask the scheduler
+    return st if st in JOB_REPORTED else None
 
 
 def trainer_alive(pid: Any, node: Any, rdir: Path) -> Optional[bool]:
