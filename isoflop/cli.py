@@ -107,6 +107,20 @@ def _fmt_n(x: float) -> str:
 # ---------------------------------------------------------------- plan / init / spec-schema
 
 
+def _render_every_run(spec, runs, template, runs_dir: Path) -> None:
+    """Render each run's command once: a template's fail() or a missing variable, which can
+    depend on a run's values (a batch that gradient accumulation does not divide), stops the
+    plan instead of failing its jobs one by one on the cluster."""
+    from .dispatch.command import render_command
+
+    for r in runs:
+        try:
+            render_command(r.definition | {"run_id": r.run_id, "sweep": spec.name}, runs_dir / r.run_id,
+                           template=template)
+        except UserError as e:
+            raise type(e)(f"run {r.run_id} (budget {r.budget:.3g}, N={r.params:,}): {e}") from None
+
+
 @app.command()
 @friendly
 def plan(
@@ -123,11 +137,14 @@ def plan(
     from .store.engine import workdir_path
 
     spec = load_spec(spec_path)
+    template = None
     if spec.trainer.template != "builtin":
         from .dispatch.command import load_template
 
-        load_template(spec.trainer.template)  # a bad template fails here, not in a job
+        template = load_template(spec.trainer.template)  # a bad template fails here, not in a job
     runs = plan_runs(spec)
+    if template is not None:
+        _render_every_run(spec, runs, template, workdir_path(OPTS.workdir) / "runs" / spec.name)
     if show_command:
         from .dispatch.command import render_command
 

@@ -149,6 +149,9 @@ CASES: dict[str, Bad] = {
     "template jinja error": plan_bad(TPL_SPEC, "tpl.yaml", files={"tpl.yaml": "command: echo {{ run_dir\n"}),
     "template missing": plan_bad(TPL_SPEC, "tpl.yaml"),
     "template bad regex": plan_bad(TPL_SPEC, "tpl.yaml", files={"tpl.yaml": "command: echo\nresult_regex: '(('\n"}),
+    "template fails for a run": plan_bad(SMALL + "trainer: {template: nanogpt, vars: {gradient_accumulation_steps: 3}}\n",
+                                         "gradient_accumulation_steps"),
+    "template variable undefined": plan_bad(TPL_SPEC, "nosuch", files={"tpl.yaml": "command: echo {{ vars.nosuch }}\n"}),
     # ---- cluster profiles
     "profile constraint newline": submit_bad("executor: slurm\nconstraint: \"gpu\\n#SBATCH --qos=high\"\n", "constraint"),
     "profile partition carriage return": submit_bad("executor: slurm\npartition: \"debug\\r\"\n", "partition"),
