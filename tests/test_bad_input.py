@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
+from urllib.parse import quote
 
 import pytest
 from typer.testing import CliRunner
@@ -252,13 +253,24 @@ def snapshot(root: Path) -> dict[str, str]:
             continue
         data = p.read_bytes()
         if data.startswith(b"SQLite format 3\x00"):
-            c = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
+            c = sqlite3.connect(f"file:{quote(str(p), safe='/')}?mode=ro", uri=True)
             try:
                 data = "\n".join(c.iterdump()).encode()
             finally:
                 c.close()
         out[str(p.relative_to(root))] = hashlib.sha256(data).hexdigest()
+    assert out, f"nothing to compare under {root}"
     return out
+
+
+def test_snapshot_sees_a_changed_store(tmp_path, pristine):
+    """The before/after comparison is not vacuous: one changed value in the store shows."""
+    work = tmp_path / "w #1?"
+    shutil.copytree(pristine, work)
+    before = snapshot(work)
+    assert "isoflop.db" in before
+    _sql(work / "isoflop.db", "UPDATE runs SET lr = lr * 2 WHERE id = 1")
+    assert snapshot(work) != before
 
 
 @contextmanager
@@ -400,20 +412,22 @@ def test_init_into_read_only_folder(tmp_path):
         assert_one_line_error(code, out, err, exc, "ro/mine.yaml")
 
 
-def test_store_in_read_only_folder_can_be_read(tmp_path, pristine):
+@pytest.mark.parametrize("folder", ["work", "w #1?%20"])  # the second is no valid URI unencoded
+def test_store_in_read_only_folder_can_be_read(tmp_path, pristine, folder):
     """status and fit read a store whose folder is not writable (SQLite's WAL would need it)."""
-    shutil.copytree(pristine, tmp_path / "work")
-    before = snapshot(tmp_path / "work")
-    with read_only(tmp_path / "work"):
-        code, out, err, exc = invoke(["status", "small", "--json"], tmp_path, tmp_path / "work")
+    work = tmp_path / folder
+    shutil.copytree(pristine, work)
+    before = snapshot(work)
+    with read_only(work):
+        code, out, err, exc = invoke(["status", "small", "--json"], tmp_path, work)
         assert exc is None and code == 0, err
         st = json.loads(out)
         assert st["counts"] == {"planned": 8}
         assert "read-only" in " ".join(st.get("warnings", []))
-        code, out, err, exc = invoke(["fit", "small"], tmp_path, tmp_path / "work")
+        code, out, err, exc = invoke(["fit", "small"], tmp_path, work)
         # the store was read: it knows the sweep has no completed runs yet
         assert_one_line_error(code, out, err, exc, "no completed runs yet (8 planned)")
-    assert snapshot(tmp_path / "work") == before
+    assert snapshot(work) == before
 
 
 def test_finished_sweep_in_read_only_folder_fits(tmp_path, pristine):

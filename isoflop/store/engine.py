@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
+import weakref
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import quote
 
 from sqlalchemy import create_engine, event, inspect, select
 from sqlalchemy.engine import Engine
@@ -47,9 +50,21 @@ def _writable(path: Path) -> bool:
     return folder_ok and (not path.exists() or os.access(path, os.W_OK))
 
 
+_READ_ONLY: "weakref.WeakSet[Engine]" = weakref.WeakSet()
+
+
 def is_read_only(engine: Engine) -> bool:
     """Whether open_engine opened this store read-only (its folder is not writable)."""
-    return engine.dialect.name == "sqlite" and engine.url.query.get("mode") == "ro"
+    return engine in _READ_ONLY
+
+
+def _read_only_engine(path: Path) -> Engine:
+    # a SQLite URI, percent-encoded so that '#', '?' or '%' in a path stay part of it;
+    # immutable: no -shm/-wal files (the folder cannot hold them) and no locks
+    uri = f"file:{quote(str(path), safe='/')}?mode=ro&immutable=1"
+    engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False))
+    _READ_ONLY.add(engine)
+    return engine
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -98,9 +113,8 @@ def open_engine(url: str, *, create: bool = True, write: bool = True) -> Engine:
                 raise StoreError(f"{path.parent}: read-only folder; the store {path.name} there can be read "
                                  "(status, fit) but not created or changed")
             read_only = True
-            url = f"sqlite:///file:{path}?mode=ro&immutable=1&uri=true"
     try:
-        engine = create_engine(url)
+        engine = _read_only_engine(path) if read_only else create_engine(url)
     except Exception as e:  # a malformed URL or a missing driver
         raise StoreError(f"cannot open store {url!r}: {e}") from None
     if engine.dialect.name == "sqlite":
