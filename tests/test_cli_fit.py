@@ -111,3 +111,21 @@ def test_fit_bad_input(tmp_path, args, expect):
     p = isoflop("fit", *args, cwd=tmp_path, check=False)
     assert p.returncode != 0
     assert len(p.stderr.strip().splitlines()) == 1 and expect in p.stderr, p.stderr
+
+
+def test_parametric_fit_that_runs_off_is_reported_not_a_crash(tmp_path):
+    """A symmetric bowl in log N at every budget holds no E + A/N^α + B/D^β law: the default
+    parametric fit runs off to infinity (exp overflow); fit must say so and go on."""
+    rows = ["params,tokens,loss"]
+    for c, lift in ((1e17, 0.0), (1e18, 0.01), (1e19, 0.02)):  # the minimum barely moves with C
+        n0 = 0.1 * c ** 0.5
+        for k, bump in zip((0.2, 0.5, 1.0, 2.0, 5.0), (0.2, 0.1, 0.0, 0.1, 0.2)):
+            n = n0 * k
+            rows.append(f"{n:.4g},{c / (6 * n):.4g},{3.0 + bump + lift}")
+    f = tmp_path / "bowl.csv"
+    f.write_text("\n".join(rows) + "\n")
+    p = isoflop("fit", "--csv", str(f), "--bootstrap", "0", "--json", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["parametric"] == []
+    assert "ran off to infinity" in out["parametric_reason"]

@@ -152,6 +152,9 @@ def fit_lse(params, tokens, loss, *, delta: float = HUBER_DELTA, n_starts: int |
     if best is None:  # pragma: no cover
         return ParametricFit("lse", math.nan, math.nan, math.nan, math.nan, math.nan, math.nan, len(y), False)
     a, b, e, al, be = (float(v) for v in best.x)
+    if max(a, b, e) > 700:  # exp() overflows: the data hold no law of this form (e.g. a bowl in log N)
+        raise ValueError(f"the L(N, D) fit ran off to infinity (ln A {a:.3g}, ln B {b:.3g}, ln E {e:.3g}): "
+                         "the data do not support a law of this form")
     return ParametricFit(method="lse", E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=al, beta=be,
                          objective=float(best.fun), n_points=len(y), converged=bool(best.success))
 
