@@ -510,14 +510,7 @@ class ProgressPump:
         self.last_train_loss: Optional[float] = None
 
     def _last_written(self) -> tuple[int, set]:
-        try:
-            with open(self.paths.metrics, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - 65536))
-                lines = f.read().decode(errors="replace").splitlines()
-        except OSError:
-            return -1, set()
-        for line in reversed(lines):
+        for line in reversed(tail(self.paths.metrics, 10_000, 65536)):
             try:
                 rec = json.loads(line)
                 return int(rec["step"]), set(rec)

@@ -129,12 +129,11 @@ def _kill_commands(job_file: Path) -> None:
     (`trainer_pid`), which is also its process group's id."""
     for rd in (F.read_json(job_file) or {}).get("run_dirs", []):
         attempt = int((F.read_json(Path(rd) / F.RUN_JSON) or {}).get("attempt", 1))
-        pgid = (F.read_json(F.status_path(Path(rd), attempt)) or {}).get("trainer_pid")
-        if pgid:
-            try:
+        status = F.read_json(F.status_path(Path(rd), attempt)) or {}
+        pgid = status.get("trainer_pid")
+        if pgid and status.get("state") == "running":  # an ended command's group id may be reused
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(int(pgid), signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
 
 
 def _reap(jd: Path, running: dict[str, subprocess.Popen]) -> None:
