@@ -616,6 +616,77 @@ def fit(
         console.print(f"wrote {w}")
 
 
+# ---------------------------------------------------------------- compare
+
+
+def _compare_input(arg: str):
+    """(name, FitTable) of one `compare` argument: a CSV path (`fit --csv` format) or a sweep in the store."""
+    from .fit import FitTable
+
+    path = Path(arg)
+    if path.suffix.lower() == ".csv" or path.is_file():
+        from .fit import read_csv
+
+        return path.stem, read_csv(path)
+    from .store.results import fit_inputs
+
+    _, rows, _ = fit_inputs(_engine(write=False), arg)
+    if not any(r["state"] == "completed" for r in rows):
+        fail(f"sweep {arg!r} has no completed runs yet ({len(rows)} planned); see `isoflop status {arg}`")
+    return arg, FitTable.from_rows(rows)
+
+
+@app.command()
+@friendly
+def compare(
+    sweeps: List[str] = typer.Argument(..., help="two or more sweep names or CSV files; the first is the reference"),
+    window: str = typer.Option("5", "--window", help="sizes around the lowest loss that the parabola fits, or 'all'"),
+    minimizer: str = typer.Option("akima", "--minimizer", help="akima (default) | parabola"),
+    keep_flagged: bool = typer.Option(False, "--keep-flagged", help="let flagged budgets into the frontiers"),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="resamples per sweep for the joint intervals (0: none)"),
+    seed: int = typer.Option(0, "--seed", help="seed of the bootstrap (sweep i uses seed + i)"),
+    predict: List[float] = typer.Option([], "--predict", help="also give the multiplier at this budget C (repeatable)"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="write the comparison figure (.png/.svg/.pdf)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Which sweep scales better: exponent differences, compute multiplier and crossover, with joint intervals."""
+    if len(sweeps) < 2:
+        fail("compare needs at least two sweeps (the first is the reference)")
+    if minimizer not in ("parabola", "akima"):
+        fail(f"--minimizer must be 'parabola' or 'akima', got {minimizer!r}")
+    _check(bootstrap >= 0, "--bootstrap", bootstrap, ">= 0")
+    for c in predict:
+        _positive("--predict", c)
+    _check(0 <= seed < 2**32, "--seed", seed, "within [0, 2^32)")
+    if plot is not None:
+        _check(plot.suffix.lower() in (".png", ".svg", ".pdf"), "--plot", str(plot), "a .png, .svg or .pdf file")
+    k = _parse_window(window)
+    inputs = [_compare_input(a) for a in sweeps]
+    names = [n for n, _ in inputs]
+    if len(set(names)) != len(names):   # two CSVs with one stem: name them by the path given
+        inputs = [(a, t) for a, (_, t) in zip(sweeps, inputs)]
+    from .fit.compare import compare_sweeps
+
+    cmp = compare_sweeps(inputs, window=k, minimizer=minimizer, keep_flagged=keep_flagged, bootstrap=bootstrap,
+                         seed=seed, predict=sorted(predict))
+    written = None
+    if plot is not None:
+        from .fit.compare_plots import save_compare_plot
+
+        written = save_compare_plot(cmp, plot)
+    if as_json:
+        out = cmp.to_json()
+        if written is not None:
+            out["plot"] = str(written)
+        print(json.dumps(out))
+        return
+    from .fit.compare_render import render_comparison
+
+    render_comparison(cmp, console)
+    if written is not None:
+        console.print(f"wrote {written}")
+
+
 # ---------------------------------------------------------------- demo
 
 
