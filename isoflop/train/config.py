@@ -33,6 +33,42 @@ def _sub(cls, d: dict | None):
     return cls(**{k: v for k, v in d.items() if k in names and v is not None})
 
 
+def _shape(d: dict) -> Shape:
+    try:
+        sh = dict(d["shape"])
+        shape = Shape(
+            n_layer=int(sh["n_layer"]), d_model=int(sh["d_model"]), n_head=int(sh["n_head"]),
+            # byte-level stdlib data: a hand-written run.json need not say so
+            vocab_size=int(sh.get("vocab_size", 256)), seq_len=int(sh["seq_len"]),
+            mlp=sh.get("mlp", _default(S.ModelFamily, "mlp")), tied=bool(sh.get("tied", _default(S.ModelFamily, "tied"))),
+            qk_norm=bool(sh.get("qk_norm", _default(S.ModelFamily, "qk_norm"))),
+        )
+    except KeyError as e:
+        raise ConfigError(f"run.json: shape lacks {e.args[0]!r}") from None
+    if shape.mlp not in ("gelu", "swiglu"):
+        raise ConfigError(f"run.json: shape.mlp must be 'gelu' or 'swiglu', not {shape.mlp!r}")
+    if shape.d_model % shape.n_head or shape.head_dim % 2:
+        raise ConfigError(f"run.json: d_model {shape.d_model} must split into n_head {shape.n_head} heads of even size")
+    return shape
+
+
+def _steps_and_batch(d: dict, T: int) -> tuple[int, int]:
+    """(steps, batch_seqs), each given or derived from tokens and batch_tokens."""
+    batch_seqs = d.get("batch_seqs")
+    if batch_seqs is None:
+        if not d.get("batch_tokens"):
+            raise ConfigError("run.json lacks 'batch_seqs' (or 'batch_tokens')")
+        batch_seqs = max(1, int(d["batch_tokens"]) // T)
+    steps = d.get("steps")
+    if steps is None:
+        if not d.get("tokens"):
+            raise ConfigError("run.json lacks 'steps' (or 'tokens')")
+        steps = max(1, math.ceil(int(d["tokens"]) / (int(batch_seqs) * T)))
+    if int(steps) < 1 or int(batch_seqs) < 1:
+        raise ConfigError(f"run.json: steps ({steps}) and batch_seqs ({batch_seqs}) must be positive")
+    return int(steps), int(batch_seqs)
+
+
 def _given(d: dict, key: str, default: Any) -> Any:
     return default if d.get(key) is None else d[key]
 
@@ -113,43 +149,12 @@ class RunConfig:
     def from_json(cls, d: dict[str, Any]) -> "RunConfig":
         if not isinstance(d, dict):
             raise ConfigError("run.json must hold a JSON object")
-        try:
-            sh = dict(d["shape"])
-            shape = Shape(
-                n_layer=int(sh["n_layer"]),
-                d_model=int(sh["d_model"]),
-                n_head=int(sh["n_head"]),
-                vocab_size=int(sh.get("vocab_size", 256)),
-                seq_len=int(sh["seq_len"]),
-                mlp=sh.get("mlp", "gelu"),
-                tied=bool(sh.get("tied", True)),
-                qk_norm=bool(sh.get("qk_norm", False)),
-            )
-        except KeyError as e:
-            raise ConfigError(f"run.json: shape lacks {e.args[0]!r}") from None
-        if shape.mlp not in ("gelu", "swiglu"):
-            raise ConfigError(f"run.json: shape.mlp must be 'gelu' or 'swiglu', not {shape.mlp!r}")
-        if shape.d_model % shape.n_head or shape.head_dim % 2:
-            raise ConfigError(f"run.json: d_model {shape.d_model} must split into n_head {shape.n_head} heads of even size")
-        if "run_id" not in d:
-            raise ConfigError("run.json lacks 'run_id'")
-        if "lr" not in d:
-            raise ConfigError("run.json lacks 'lr'")
+        shape = _shape(d)
+        for key in ("run_id", "lr"):
+            if key not in d:
+                raise ConfigError(f"run.json lacks {key!r}")
         T = shape.seq_len
-        batch_seqs = d.get("batch_seqs")
-        if batch_seqs is None:
-            if not d.get("batch_tokens"):
-                raise ConfigError("run.json lacks 'batch_seqs' (or 'batch_tokens')")
-            batch_seqs = max(1, int(d["batch_tokens"]) // T)
-        batch_seqs = int(batch_seqs)
-        steps = d.get("steps")
-        if steps is None:
-            if not d.get("tokens"):
-                raise ConfigError("run.json lacks 'steps' (or 'tokens')")
-            steps = max(1, math.ceil(int(d["tokens"]) / (batch_seqs * T)))
-        steps = int(steps)
-        if steps < 1 or batch_seqs < 1:
-            raise ConfigError(f"run.json: steps ({steps}) and batch_seqs ({batch_seqs}) must be positive")
+        steps, batch_seqs = _steps_and_batch(d, T)
         known = {f.name for f in fields(cls)}
         sched = _sub(ScheduleOptions, d.get("schedule"))
         if sched.kind not in ("cosine", "wsd"):
