@@ -277,14 +277,12 @@ def _pair(ref_name: str, oth_name: str, ref: FitReport, oth: FitReport, predict:
         assert sa is not None and sb is not None
         valid = sa.ok & sb.ok
 
-    # exponent differences: other − reference, each exponent as `fit` reports it (its estimate)
+    # exponent differences, other − reference: of the fitted exponents (`exponent` in `fit --json`), not of
+    # the two bootstrap medians, which come from different noise streams and differ for identical sweeps
     diffs: dict[str, Estimate] = {}
     for key, sl in (("params", "slope_n"), ("tokens", "slope_d"), ("loss", "slope_l")):
-        pa, pb = getattr(fa, key), getattr(fb, key)
-        ea = pa.exponent if pa.exponent_median is None else pa.exponent_median
-        eb = pb.exponent if pb.exponent_median is None else pb.exponent_median
         ci = _percentiles(getattr(sb, sl) - getattr(sa, sl), valid) if has_ci else None
-        diffs[key] = Estimate(float(eb - ea), ci)
+        diffs[key] = Estimate(float(getattr(fb, key).exponent - getattr(fa, key).exponent), ci)
 
     # multipliers
     cs = sorted(shared) + [float(c) for c in predict]

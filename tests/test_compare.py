@@ -1,0 +1,219 @@
+"""`isoflop compare`: the multiplier of pairs drawn from known laws, identical sweeps, overlap, JSON, bad input."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from isoflop.errors import UserError
+from isoflop.fit.compare import compare_sweeps
+from isoflop.fit.simulate import LAWS, Law, draw_sweep
+from isoflop.store.engine import open_engine
+from isoflop.store.models import Run, Sweep
+
+from .test_cli_fit import SPEC
+from .test_cli_plan import isoflop
+
+BUDGETS = np.logspace(17, 19, 5)
+
+
+def scaled(law: Law, m: float) -> Law:
+    """L(N, D/m): needs exactly m× the compute of `law` for every loss (L_opt,m(C) = L_opt(C/m))."""
+    return Law(law.E, law.A, law.B * m ** law.beta, law.alpha, law.beta)
+
+
+def true_multiplier(ref: Law, oth: Law, c: float) -> float:
+    g = oth.alpha * oth.beta / (oth.alpha + oth.beta)      # L_opt = E + K·C^−g exactly under 6ND
+    k = (float(oth.loss_opt(1e18)) - oth.E) * 1e18 ** g
+    return (k / (float(ref.loss_opt(c)) - oth.E)) ** (1 / g) / c
+
+
+def inside(ci, v) -> bool:
+    return ci is not None and (ci[0] is None or ci[0] <= v) and (ci[1] is None or v <= ci[1])
+
+
+@settings(max_examples=6, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(law=st.sampled_from(LAWS), m=st.sampled_from([0.5, 1.4, 2.0]), seed=st.integers(0, 2**16))
+def test_constant_multiplier_is_recovered(law, m, seed):
+    rng = np.random.default_rng(seed)
+    a, b = draw_sweep(law, rng, noise=0.003, seeds=2), draw_sweep(scaled(law, m), rng, noise=0.003, seeds=2)
+    pair = compare_sweeps([("A", a), ("B", b)], bootstrap=200, seed=seed).pairs[0]
+    pts = [p for p in pair.multiplier if p.kind == "shared"]
+    assert [p.budget for p in pts] == pytest.approx(list(BUDGETS))
+    assert all(abs(p.value / m - 1) < 0.1 for p in pts)
+    # m is far from 1 at this noise: every interval excludes 1, on the right side, and the verdict says so
+    winner, loser = ("A", "B") if m > 1 else ("B", "A")
+    assert all((p.ci[0] > 1) if m > 1 else (p.ci[1] < 1) for p in pts)
+    assert pair.verdict.startswith(f"{winner} is more compute-efficient than {loser} at every budget")
+    # N_opt(C) of the other is N_opt(C/m): the same exponent, up to noise
+    assert abs(pair.exponent_diff["params"].value) < 0.06
+
+
+def test_multiplier_intervals_cover_the_truth():
+    """90% intervals: over several pairs (constant multipliers), most shared budgets hold the truth.
+    (Misses cluster within a pair: the five budgets share two fitted laws; see benchmarks/compare_calibration.py.)"""
+    hits = total = exp_hits = 0
+    for i in range(8):
+        law, m = LAWS[i % 4], (0.6, 1.3)[i % 2]
+        rng = np.random.default_rng(1000 + i)
+        a, b = draw_sweep(law, rng, noise=0.005), draw_sweep(scaled(law, m), rng, noise=0.005)
+        pair = compare_sweeps([("A", a), ("B", b)], bootstrap=200, seed=i).pairs[0]
+        hits += sum(inside(p.ci, m) for p in pair.multiplier)
+        total += len(pair.multiplier)
+        exp_hits += inside(pair.exponent_diff["params"].ci, 0.0)
+    assert hits >= 0.75 * total and exp_hits >= 6
+
+
+def test_growing_multiplier_is_recovered_and_grows():
+    ref = LAWS[0]
+    oth = Law(ref.E, ref.A, ref.B, ref.alpha * 0.8, ref.beta * 0.8)   # flatter L_opt: falls behind more with C
+    truth = [true_multiplier(ref, oth, c) for c in BUDGETS]
+    assert truth[-1] > 1.5 * truth[0]
+    hits = 0
+    for seed in range(3):
+        rng = np.random.default_rng(100 + seed)
+        pair = compare_sweeps([("ref", draw_sweep(ref, rng, noise=0.003, seeds=2)),
+                               ("oth", draw_sweep(oth, rng, noise=0.003, seeds=2))], bootstrap=200, seed=seed,
+                              predict=[1e20]).pairs[0]
+        pts = [p for p in pair.multiplier if p.kind == "shared"]
+        hits += sum(inside(p.ci, t) for p, t in zip(pts, truth))
+        assert pts[-1].value > 1.3 * pts[0].value
+        assert pair.multiplier[-1].kind == "predict" and pair.multiplier[-1].budget == 1e20
+    assert hits >= 0.7 * 3 * len(BUDGETS)
+
+
+def test_identical_sweeps_give_one_with_an_interval_holding_one():
+    t = draw_sweep(LAWS[1], np.random.default_rng(3), noise=0.01)
+    pair = compare_sweeps([("x", t), ("y", t)], bootstrap=300, predict=[1e21]).pairs[0]
+    for p in pair.multiplier:
+        assert p.value == pytest.approx(1.0, abs=1e-9)
+        assert p.ci[0] < 1 < p.ci[1]           # independent noise streams: a real width, not [1, 1]
+    assert pair.crossover is None               # coinciding laws do not cross
+    assert all(e.value == pytest.approx(0, abs=1e-12) and inside(e.ci, 0) for e in pair.exponent_diff.values())
+    assert pair.verdict.startswith("the data cannot tell x and y apart at any budget")
+    assert "cannot tell them apart predicted at 1e+21" in pair.verdict
+
+
+def test_different_budget_sets_compare_only_where_they_overlap():
+    rng = np.random.default_rng(5)
+    law = LAWS[0]
+    a = draw_sweep(law, rng, budgets=np.logspace(17, 19, 5), noise=0.003)
+    b = draw_sweep(scaled(law, 1.5), rng, budgets=np.logspace(18, 20, 5), noise=0.003)
+    pair = compare_sweeps([("a", a), ("b", b)], bootstrap=200).pairs[0]
+    assert [p.budget for p in pair.multiplier] == pytest.approx([1e18, 10**18.5, 1e19])
+    assert pair.reference_only == pytest.approx((1e17, 10**17.5)) and pair.other_only == pytest.approx((10**19.5, 1e20))
+    assert pair.verdict.startswith("compared only at the 3 budget(s) both sweeps ran")
+    c = draw_sweep(law, rng, budgets=np.logspace(20, 21, 3), noise=0.003)
+    with pytest.raises(UserError, match="share no budget"):
+        compare_sweeps([("a", a), ("c", c)], bootstrap=0)
+
+
+def test_no_bootstrap_claims_nothing():
+    rng = np.random.default_rng(8)
+    a, b = draw_sweep(LAWS[0], rng, noise=0.003), draw_sweep(scaled(LAWS[0], 3.0), rng, noise=0.003)
+    pair = compare_sweeps([("a", a), ("b", b)], bootstrap=0).pairs[0]
+    assert all(p.ci is None for p in pair.multiplier) and pair.crossover is None or pair.crossover.ci is None
+    assert "nothing is claimed" in pair.verdict
+
+
+def write_csv(path: Path, table) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["budget", "params", "tokens", "loss"])
+        w.writerows(zip(table.budget, table.params, table.tokens, table.loss))
+
+
+def test_cli_json_schema_and_frontier_as_fit(tmp_path):
+    rng = np.random.default_rng(11)
+    write_csv(tmp_path / "adamw.csv", draw_sweep(LAWS[0], rng, noise=0.005))
+    write_csv(tmp_path / "muon.csv", draw_sweep(scaled(LAWS[0], 0.7), rng, noise=0.005))
+    write_csv(tmp_path / "third.csv", draw_sweep(LAWS[0], rng, noise=0.005))
+    out = json.loads(isoflop("compare", "adamw.csv", "muon.csv", "third.csv", "--json", "--bootstrap", "100",
+                             "--predict", "1e21", "--predict", "1e20", "--plot", "cmp.png", cwd=tmp_path).stdout)
+    assert out["reference"] == "adamw"
+    assert [s["name"] for s in out["sweeps"]] == ["adamw", "muon", "third"]
+    assert [(p["reference"], p["other"]) for p in out["pairs"]] == [("adamw", "muon"), ("adamw", "third")]
+    for p in out["pairs"]:
+        assert set(p) >= {"reference", "other", "exponent_diff", "compute_multiplier", "crossover", "verdict"}
+        assert set(p["exponent_diff"]) == {"params", "tokens", "loss"}
+        for e in p["exponent_diff"].values():
+            assert isinstance(e["value"], float) and len(e["ci"]) == 2
+        budgets = [m["budget"] for m in p["compute_multiplier"]]
+        assert budgets == pytest.approx(list(BUDGETS) + [1e20, 1e21])
+        assert all(set(m) >= {"budget", "value", "ci"} for m in p["compute_multiplier"])
+        assert p["crossover"] is None or set(p["crossover"]) >= {"budget", "ci"}
+        assert isinstance(p["verdict"], str) and p["verdict"].endswith(".")
+    # muon needs 0.7× the compute: the multiplier < 1 with its interval
+    assert all(m["ci"][1] < 1 for m in out["pairs"][0]["compute_multiplier"][:5])
+    # sweep i's frontier is exactly `fit --json`'s with seed + i
+    fit = json.loads(isoflop("fit", "--csv", "muon.csv", "--json", "--bootstrap", "100", "--seed", "1",
+                             "--method", "none", cwd=tmp_path).stdout)
+    assert out["sweeps"][1]["frontier"] == fit["frontier"]
+    assert (tmp_path / out["plot"]).stat().st_size > 10_000
+    # the rich rendering says the same verdict
+    p = isoflop("compare", "adamw.csv", "muon.csv", "--bootstrap", "100", cwd=tmp_path)
+    assert "verdict" in p.stdout and "muon is more compute-efficient than adamw" in p.stdout
+
+
+def finish(tmp: Path, sweep: str, law, noise: float = 0.003, seed: int = 0) -> None:
+    """Results as ingestion would write them; lr x0.5 runs worse than lr x1."""
+    rng = np.random.default_rng(seed)
+    eng = open_engine(f"sqlite:///{tmp / 'work' / 'isoflop.db'}", create=False)
+    with Session(eng) as s, s.begin():
+        sw = s.scalars(select(Sweep).where(Sweep.name == sweep)).one()
+        for r in s.scalars(select(Run).where(Run.sweep_id == sw.id)):
+            r.state = "completed"
+            r.val_loss = float(law.loss(r.params, r.tokens)) + noise * rng.standard_normal() + (
+                0.05 if r.lr_mult == 0.5 else 0)
+
+
+def test_cli_compares_sweeps_in_the_store(tmp_path):
+    (tmp_path / "a.yaml").write_text(SPEC)
+    (tmp_path / "b.yaml").write_text(SPEC.replace("name: law", "name: law2"))
+    isoflop("plan", "a.yaml", cwd=tmp_path)
+    isoflop("plan", "b.yaml", cwd=tmp_path)
+    p = isoflop("compare", "law", "law2", cwd=tmp_path, check=False)
+    assert p.returncode == 2 and "no completed runs" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    law = Law(1.8, 400.0, 1200.0, 0.34, 0.30)
+    finish(tmp_path, "law", law)
+    finish(tmp_path, "law2", scaled(law, 2.0), seed=1)
+    out = json.loads(isoflop("compare", "law", "law2", "--json", "--bootstrap", "100", cwd=tmp_path).stdout)
+    pts = out["pairs"][0]["compute_multiplier"]
+    assert len(pts) == 4 and sum(inside(m["ci"], 2.0) for m in pts) >= 2
+    assert all(abs(m["value"] / 2 - 1) < 0.15 for m in pts)
+
+
+BAD = [
+    (("a.csv",), "at least two sweeps"),
+    (("a.csv", "missing.csv"), "missing.csv"),
+    (("a.csv", "nosuch"), "no sweep named 'nosuch'"),
+    (("a.csv", "a.csv"), "each sweep may be named once"),
+    (("a.csv", "far.csv"), "share no budget"),
+    (("a.csv", "b.csv", "--window", "2"), "at least 3"),
+    (("a.csv", "b.csv", "--minimizer", "cubic"), "--minimizer"),
+    (("a.csv", "b.csv", "--predict", "-1"), "--predict"),
+    (("a.csv", "b.csv", "--plot", "x.gif"), "--plot"),
+    (("a.csv", "few.csv"), "few: no frontier"),
+]
+
+
+def test_cli_bad_input_is_one_line(tmp_path):
+    rng = np.random.default_rng(0)
+    write_csv(tmp_path / "a.csv", draw_sweep(LAWS[0], rng, noise=0.01))
+    write_csv(tmp_path / "b.csv", draw_sweep(LAWS[0], rng, noise=0.01))
+    write_csv(tmp_path / "far.csv", draw_sweep(LAWS[0], rng, budgets=np.array([1e21, 1e22, 1e23]), noise=0.01))
+    write_csv(tmp_path / "few.csv", draw_sweep(LAWS[0], rng, budgets=np.array([1e18]), noise=0.01))
+    (tmp_path / "s.yaml").write_text(SPEC)
+    isoflop("plan", "s.yaml", cwd=tmp_path)
+    for args, expect in BAD:
+        p = isoflop("compare", *args, "--bootstrap", "20", cwd=tmp_path, check=False)
+        assert p.returncode == 2, (args, p.stderr)
+        assert expect in p.stderr and len(p.stderr.strip().splitlines()) == 1, (args, p.stderr)
