@@ -228,11 +228,24 @@ class Schedule(_Strict):
         return self
 
 
+MUON_FIELDS = ("muon_lr_mult", "muon_momentum", "muon_adjust_lr")
+
+
 class Optimizer(_Strict):
+    name: Literal["adamw", "muon"] = Field(
+        "adamw", description="adamw, or muon: Muon (Newton–Schulz orthogonalised momentum) on the 2-D hidden "
+                             "matrices, AdamW on embeddings, output head, norms and biases")
     beta1: float = 0.9
     beta2: float = 0.95
-    weight_decay: float = 0.1
+    weight_decay: float = Field(0.1, description="decoupled weight decay of the matrices (both optimizers)")
     grad_clip: float = Field(1.0, description="largest gradient norm (0: no clipping)")
+    muon_lr_mult: float = Field(1.0, description="muon: the hidden matrices' lr is the lr rule's value times "
+                                                 "this (AdamW groups get the rule's value)")
+    muon_momentum: float = Field(0.95, description="muon: momentum (Nesterov)")
+    muon_adjust_lr: Literal["match_rms_adamw", "original"] = Field(
+        "match_rms_adamw", description="muon: match_rms_adamw scales each matrix's update to AdamW's RMS "
+                                       "(0.2·√max(A, B)), so the lr rule of AdamW carries over; original: "
+                                       "Keller Jordan's √max(1, A/B), for Muon's own lr (~0.02)")
 
     @model_validator(mode="after")
     def _check(self) -> "Optimizer":
@@ -242,7 +255,22 @@ class Optimizer(_Strict):
         for f in ("weight_decay", "grad_clip"):
             if getattr(self, f) < 0:
                 raise ValueError(f"optimizer.{f} must be >= 0, got {getattr(self, f)}")
+        if not 0 <= self.muon_momentum < 1:
+            raise ValueError(f"optimizer.muon_momentum must be within [0, 1), got {self.muon_momentum}")
+        _positive_finite(self.muon_lr_mult, "optimizer.muon_lr_mult")
+        if self.name == "adamw":
+            # a stored spec carries every default, so only a value other than the default is refused
+            given = sorted(f for f in MUON_FIELDS if getattr(self, f) != type(self).model_fields[f].default)
+            if given:
+                raise ValueError(f"optimizer.{given[0]} applies to optimizer.name: muon only")
         return self
+
+    def definition(self) -> dict[str, Any]:
+        """What a run's definition (and so its run id) carries: for AdamW the four fields it always had,
+        so that specs written before Muon existed plan to the same run ids."""
+        if self.name == "adamw":
+            return self.model_dump(exclude={"name", *MUON_FIELDS})
+        return self.model_dump()
 
 
 class Data(_Strict):
@@ -390,7 +418,9 @@ class Spec(_Strict):
         return list(self.budgets) if isinstance(self.budgets, list) else self.budgets.values()
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+        d = self.model_dump(mode="json")
+        d["optimizer"] = self.optimizer.definition()   # an AdamW spec keeps the digest it had before Muon
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def parse_spec(data: Any) -> Spec:

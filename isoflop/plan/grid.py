@@ -119,7 +119,7 @@ def _common(spec: Spec) -> dict[str, Any]:
     m, t = spec.model, spec.trainer
     return {
         "model": {"z_loss": m.z_loss, "mup": m.mup, "mup_base_width": m.mup_base_width},
-        "optimizer": spec.optimizer.model_dump(),
+        "optimizer": spec.optimizer.definition(),
         "schedule": spec.schedule.model_dump(),
         "data": spec.data.model_dump(),
         "trainer": t.template,

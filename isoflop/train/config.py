@@ -87,6 +87,19 @@ class OptimizerOptions:
     weight_decay: float = _default(S.Optimizer, "weight_decay")
     grad_clip: float = _default(S.Optimizer, "grad_clip")  # 0 or negative = off
     eps: float = 1e-8  # not a spec field
+    name: str = _default(S.Optimizer, "name")  # "adamw" | "muon" (see isoflop/train/optim.py)
+    muon_lr_mult: float = _default(S.Optimizer, "muon_lr_mult")
+    muon_momentum: float = _default(S.Optimizer, "muon_momentum")
+    muon_adjust_lr: str = _default(S.Optimizer, "muon_adjust_lr")
+
+    def trajectory(self) -> dict[str, Any]:
+        """The fields that shape training; for AdamW the ones it had before Muon (a run's fingerprint,
+        and so whether its finished result is reused, must not change with an upgrade)."""
+        d = asdict(self)
+        if self.name == "adamw":
+            for k in ("name", *S.MUON_FIELDS):
+                d.pop(k)
+        return d
 
 
 @dataclass(frozen=True)
@@ -159,6 +172,12 @@ class RunConfig:
         sched = _sub(ScheduleOptions, d.get("schedule"))
         if sched.kind not in ("cosine", "wsd"):
             raise ConfigError(f"run.json: schedule.kind must be 'cosine' or 'wsd', not {sched.kind!r}")
+        opt = _sub(OptimizerOptions, d.get("optimizer"))
+        if opt.name not in ("adamw", "muon"):
+            raise ConfigError(f"run.json: optimizer.name must be 'adamw' or 'muon', not {opt.name!r}")
+        if opt.muon_adjust_lr not in ("match_rms_adamw", "original"):
+            raise ConfigError("run.json: optimizer.muon_adjust_lr must be 'match_rms_adamw' or 'original', "
+                              f"not {opt.muon_adjust_lr!r}")
         data = _sub(DataOptions, d.get("data"))
         if data.kind not in ("stdlib", "text", "tokens"):
             raise ConfigError(f"run.json: data.kind must be 'stdlib', 'text' or 'tokens', not {data.kind!r}")
@@ -177,7 +196,7 @@ class RunConfig:
             tokens=int(d.get("tokens") or steps * batch_seqs * T),
             batch_tokens=int(d.get("batch_tokens") or batch_seqs * T),
             lr_scale=float(d.get("lr_scale") if d.get("lr_scale") is not None else 1.0),
-            optimizer=_sub(OptimizerOptions, d.get("optimizer")),
+            optimizer=opt,
             schedule=sched,
             seed=int(d.get("seed") or 0),
             data=data,

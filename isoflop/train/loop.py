@@ -86,6 +86,7 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 def fingerprint(cfg: RunConfig) -> str:
     """Hash of what defines the training trajectory: a checkpoint or result with another is stale."""
     d = cfg.to_json()
+    d["optimizer"] = cfg.optimizer.trajectory()
     keys = ("shape", "model", "steps", "batch_seqs", "lr", "lr_scale", "optimizer", "schedule", "seed", "data")
     blob = json.dumps({k: d.get(k) for k in keys}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -110,9 +111,19 @@ def pick_dtype(cfg: RunConfig, dev: torch.device) -> str:
 
 
 def make_optimizer(model: GPT, cfg: RunConfig, dev: torch.device) -> torch.optim.Optimizer:
-    """AdamW, fused kernel where this torch has one for the device (CUDA; CPU since torch 2.4), else foreach."""
+    """AdamW, fused kernel where this torch has one for the device (CUDA; CPU since torch 2.4), else foreach;
+    with optimizer.name muon, Muon on the hidden matrices and AdamW on the rest (optim.py)."""
     o = cfg.optimizer
     groups = model.param_groups(o.weight_decay)
+    if o.name == "muon":
+        from isoflop.train.optim import make_muon
+
+        return make_muon(model, groups, cfg)
+    return adamw(groups, cfg)
+
+
+def adamw(groups: list[dict], cfg: RunConfig) -> torch.optim.AdamW:
+    o = cfg.optimizer
     kw = dict(lr=cfg.peak_lr, betas=(o.beta1, o.beta2), eps=o.eps)
     try:
         return torch.optim.AdamW(groups, fused=True, **kw)
