@@ -19,7 +19,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ORDER = [
-    "plan_speed", "status_speed", "fit_speed", "fit_accuracy", "flops_check", "trainer_throughput",
+    "plan_speed", "status_speed", "fit_speed", "fit_accuracy", "compare_calibration", "flops_check", "trainer_throughput",
     "sweep_overhead", "demo_time",
 ]
 

@@ -120,7 +120,9 @@ def test_no_bootstrap_claims_nothing():
     rng = np.random.default_rng(8)
     a, b = draw_sweep(LAWS[0], rng, noise=0.003), draw_sweep(scaled(LAWS[0], 3.0), rng, noise=0.003)
     pair = compare_sweeps([("a", a), ("b", b)], bootstrap=0).pairs[0]
-    assert all(p.ci is None for p in pair.multiplier) and pair.crossover is None or pair.crossover.ci is None
+    assert all(p.ci is None for p in pair.multiplier)
+    assert pair.crossover is None or pair.crossover.ci is None
+    assert all(e.ci is None for e in pair.exponent_diff.values())
     assert "nothing is claimed" in pair.verdict
 
 
