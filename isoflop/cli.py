@@ -690,38 +690,16 @@ def compare(
 # ---------------------------------------------------------------- demo
 
 
-@app.command()
-@friendly
-def demo(
-    quick: bool = typer.Option(False, "--quick", help="three smaller budgets (under 5 minutes on 2 cores)"),
-    workdir: Optional[Path] = typer.Option(None, "--workdir", help="where the demo's store, runs and plots go [./isoflop-demo]"),
-    workers: int = typer.Option(0, "--workers", help="runs at once (0: one per CPU core)"),
-    bootstrap: int = typer.Option(1000, "--bootstrap", help="resamples for the frontier's intervals"),
-    spec_path: Optional[Path] = typer.Option(None, "--spec", help="run another small spec the same way"),
-) -> None:
-    """The embedded default end to end: plan, run locally, fit, plot (a byte-level GPT on Python's stdlib)."""
-    import os
-    import time
-
-    from . import TEMPLATES
+def _demo_sweep(engine, spec, wd: Path, n_workers: int):
+    """Plan (replanning a changed demo spec, keeping finished runs), run on the local pool, watch; the fit rows."""
     from .dispatch.profiles import load_profile
     from .dispatch.submit import submit_sweep
     from .plan.grid import plan as plan_runs
-    from .spec import load_spec
-    from .store.engine import db_url, open_engine
+    from .store.results import fit_inputs
     from .store.sweeps import save_plan
 
-    _check(workers >= 0, "--workers", workers, ">= 0 (0: one per CPU core)")
-    _check(bootstrap >= 0, "--bootstrap", bootstrap, ">= 0")
-    t0 = time.time()
-    wd = (workdir or Path(OPTS.workdir or "isoflop-demo")).resolve()
-    spec = load_spec(spec_path or TEMPLATES / ("cpu-demo-quick.yaml" if quick else "cpu-demo.yaml"))
-    engine = open_engine(db_url(OPTS.db, wd), create=True)
     # --force: a demo spec changed by an upgrade replans, keeping every finished run it still has
     res = save_plan(engine, spec, plan_runs(spec), wd, force=True)
-    # one thread per run and one run per core: tiny models are bound by per-step overhead, which
-    # threads do not shorten, so parallel runs finish the sweep sooner than parallel threads
-    n_workers = workers or max(1, (os.cpu_count() or 1) // max(1, spec.trainer.threads or 1))
     prof = load_profile("local").model_copy(update={"workers": n_workers})
     console.print(
         f"[bold]isoflop demo[/]: sweep {spec.name!r}, {len(spec.budget_values())} budgets x {spec.grid.points} sizes, "
@@ -736,15 +714,71 @@ def demo(
     console.print()
     if not st.finished:
         fail(f"stopped watching; the runs go on in the background: `isoflop --workdir {wd} status {spec.name} --watch`", 130)
-    from .fit import FitTable, fit_sweep
-    from .fit.plots import save_plots
-    from .fit.render import render_report
-    from .store.results import fit_inputs
-
     _, rows, curves = fit_inputs(engine, spec.name)
     bad = [r for r in rows if r["state"] != "completed"]
     if bad:
         console.print(f"[yellow]{len(bad)} run(s) did not complete[/]; the fit leaves them out (see `isoflop status`)")
+    return rows, curves
+
+
+def _muon_twin(spec):
+    """The same sweep (budgets, shapes, lr rule, seeds) trained with Muon, named <name>-muon."""
+    from .spec import parse_spec
+
+    d = spec.model_dump(mode="json")
+    d["name"] = f"{spec.name}-muon"
+    d["optimizer"] = {**spec.optimizer.definition(), "name": "muon"}
+    return parse_spec(d)
+
+
+@app.command()
+@friendly
+def demo(
+    quick: bool = typer.Option(False, "--quick", help="three smaller budgets (under 5 minutes on 2 cores)"),
+    workdir: Optional[Path] = typer.Option(None, "--workdir", help="where the demo's store, runs and plots go [./isoflop-demo]"),
+    workers: int = typer.Option(0, "--workers", help="runs at once (0: one per CPU core)"),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="resamples for the frontier's intervals"),
+    spec_path: Optional[Path] = typer.Option(None, "--spec", help="run another small spec the same way"),
+    compare_muon: bool = typer.Option(False, "--compare", help="the quick budgets with AdamW and with Muon, then `compare` them"),
+) -> None:
+    """The embedded default end to end: plan, run locally, fit, plot (a byte-level GPT on Python's stdlib)."""
+    import os
+    import time
+
+    from . import TEMPLATES
+    from .spec import load_spec
+    from .store.engine import db_url, open_engine
+
+    _check(workers >= 0, "--workers", workers, ">= 0 (0: one per CPU core)")
+    _check(bootstrap >= 0, "--bootstrap", bootstrap, ">= 0")
+    t0 = time.time()
+    wd = (workdir or Path(OPTS.workdir or "isoflop-demo")).resolve()
+    spec = load_spec(spec_path or TEMPLATES / ("cpu-demo-quick.yaml" if quick or compare_muon else "cpu-demo.yaml"))
+    if compare_muon and spec.optimizer.name != "adamw":
+        fail(f"demo --compare trains the spec with AdamW and with Muon; {spec.name!r} already names {spec.optimizer.name}")
+    engine = open_engine(db_url(OPTS.db, wd), create=True)
+    # one thread per run and one run per core: tiny models are bound by per-step overhead, which
+    # threads do not shorten, so parallel runs finish the sweep sooner than parallel threads
+    n_workers = workers or max(1, (os.cpu_count() or 1) // max(1, spec.trainer.threads or 1))
+    from .fit import FitTable
+
+    if compare_muon:
+        from .fit.compare import compare_sweeps
+        from .fit.compare_plots import save_compare_plot
+        from .fit.compare_render import render_comparison
+
+        twin = _muon_twin(spec)
+        tables = [(s.name, FitTable.from_rows(_demo_sweep(engine, s, wd, n_workers)[0])) for s in (spec, twin)]
+        cmp = compare_sweeps(tables, bootstrap=bootstrap)
+        render_comparison(cmp, console)
+        console.print(f"wrote {save_compare_plot(cmp, wd / f'{spec.name}-compare.png')}")
+        console.print(f"demo finished in {time.time() - t0:.0f} s; run it again to refit (finished runs are reused)")
+        return
+    from .fit import fit_sweep
+    from .fit.plots import save_plots
+    from .fit.render import render_report
+
+    rows, curves = _demo_sweep(engine, spec, wd, n_workers)
     report = fit_sweep(FitTable.from_rows(rows), bootstrap=bootstrap, curves=curves or None)
     render_report(report, console)
     for w in save_plots(report, wd / f"{spec.name}.png"):

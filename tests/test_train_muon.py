@@ -155,3 +155,26 @@ def test_bad_optimizer_spec_is_one_line(opt, expect):
 def test_bad_run_json_optimizer(tmp_path):
     with pytest.raises(ConfigError, match="optimizer.name"):
         RunConfig.load(write_run(tmp_path / "x", optimizer={"name": "lion"}))
+
+
+def test_demo_compare_twin_shares_budgets_and_shapes():
+    from isoflop.cli import _muon_twin
+
+    sp = load_spec(ROOT / "templates" / "cpu-demo-quick.yaml")
+    twin = _muon_twin(sp)
+    assert twin.name == "cpu-demo-quick-muon" and twin.optimizer.name == "muon"
+    a, b = plan(sp), plan(twin)
+    key = lambda r: (r.budget, r.definition["shape"], r.definition["lr"], r.definition["steps"])  # noqa: E731
+    assert [key(r) for r in a] == [key(r) for r in b]
+    assert all(r.definition["optimizer"]["name"] == "muon" for r in b)
+
+
+def test_demo_compare_refuses_a_muon_spec_in_one_line(tmp_path):
+    from .test_cli_plan import isoflop
+
+    d = load_spec(ROOT / "templates" / "cpu-demo-quick.yaml").model_dump(mode="json")
+    d["optimizer"] = {"name": "muon"}
+    (tmp_path / "m.json").write_text(json.dumps(d))
+    p = isoflop("demo", "--compare", "--spec", "m.json", "--workdir", "w", cwd=tmp_path, check=False)
+    assert p.returncode == 2 and "already names muon" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "w" / "isoflop.db").exists()   # refused before anything was stored
