@@ -51,7 +51,8 @@ def save_compare_plot(cmp: Comparison, path: str | Path) -> Path:
             vals = np.exp(s.slope_n[s.ok, None] * lg[None, :] + s.icpt_n[s.ok, None])
             axes[1].fill_between(grid, *np.percentile(vals, [5, 95], axis=0), color=colour, alpha=0.2)
             if law is not None and s.loss_E is not None:
-                ll = s.loss_E[:, None] + s.loss_k[:, None] * np.exp(-s.loss_gamma[:, None] * (lg[None, :] - np.log(s.loss_c0)))
+                ll = s.loss_E[:, None] + s.loss_k[:, None] * np.exp(
+                    -s.loss_gamma[:, None] * (lg[None, :] - np.log(s.loss_c0)))
             else:
                 ll = np.exp(s.slope_l[s.ok, None] * lg[None, :] + s.icpt_l[s.ok, None])
             axes[2].fill_between(grid, *np.nanpercentile(ll, [5, 95], axis=0), color=colour, alpha=0.2)
@@ -62,8 +63,7 @@ def save_compare_plot(cmp: Comparison, path: str | Path) -> Path:
         if np.isfinite(lo).any():
             ax.fill_between(g, lo, hi, color=colour, alpha=0.2)
         pts = [m for m in pair.multiplier if np.isfinite(m.value)]
-        ax.scatter([m.budget for m in pts], [m.value for m in pts], color=colour, s=14,
-                   marker="o")
+        ax.scatter([m.budget for m in pts], [m.value for m in pts], color=colour, s=14)
     ax.axhline(1.0, color="0.4", ls="--", lw=1)
     ax.set_ylabel("compute multiplier (> 1: reference more efficient)")
     titles = ("IsoFLOP profiles (★ = minimum)", "N_opt vs C (5–95% band)", "L_opt vs C (5–95% band)",
