@@ -18,7 +18,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from .dispatch.state import ResultKind
+from .state import ResultKind
 
 RUN_JSON = "run.json"
 RESULT_JSON = "result.json"

@@ -7,8 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from isoflop.dispatch.state import (
-    ATTEMPT_ACTIVE, AttemptState as A, Evidence, ResultKind as R, RunState as S, Scheduler as Q, decide,
+from isoflop.state import (
+    ATTEMPT_ACTIVE, Action as X, AttemptState as A, Evidence, IllegalMove, ResultKind as R, RunState as S,
+    Scheduler as Q, action_sources, attempt_after, decide, on_action,
 )
 from isoflop.store.models import ACTIVE_STATES, FINAL_STATES, RUN_STATES
 
@@ -127,6 +128,73 @@ def test_transitions_are_consistent(rs, at, ev):
     if ev.result in (R.INVALID, R.STALE, R.DIVERGED):  # a result that does not count is never fitted
         assert t.run_state in (S.FAILED, S.DIVERGED, S.SUPERSEDED) and t.final
 
+
+
+# ------------------------------------------------------------------ what users and the dispatcher do
+
+# action -> {run state it applies to: run state after}; every other (state, action) is refused
+ACTIONS = {
+    X.SUBMIT: {S.PLANNED: S.SUBMITTING, S.LOST: S.SUBMITTING, S.FAILED: S.SUBMITTING},
+    X.JOB_RECORDED: {S.SUBMITTING: S.QUEUED},
+    X.ADOPTED: {S.SUBMITTING: S.QUEUED},
+    X.SBATCH_FAILED: {S.SUBMITTING: S.PLANNED},
+    X.ABANDONED: {S.SUBMITTING: S.PLANNED},
+    X.GIVE_UP: {S.PLANNED: S.FAILED, S.LOST: S.FAILED, S.FAILED: S.FAILED},
+    X.CANCEL: {st: S.CANCELLED for st in (S.PLANNED, S.LOST, S.FAILED, S.SUBMITTING, S.QUEUED, S.RUNNING)},
+    X.RETRY: {st: S.PLANNED for st in (S.FAILED, S.DIVERGED, S.LOST, S.CANCELLED)},
+    X.SUPERSEDE: {st: S.SUPERSEDED for st in S if st != S.SUPERSEDED},
+    X.REVIVE: {S.SUPERSEDED: S.PLANNED},
+}
+
+
+def test_every_action_is_in_the_table():
+    assert set(ACTIONS) == set(X)
+
+
+@pytest.mark.parametrize("action", list(X), ids=str)
+@pytest.mark.parametrize("state", list(S), ids=str)
+def test_action_table(state, action):
+    want = ACTIONS[action].get(state)
+    if want is None:
+        with pytest.raises(IllegalMove, match=f"cannot {action.value} a run that is {state.value}"):
+            on_action(state.value, action)
+        assert state.value not in action_sources(action)
+    else:
+        assert on_action(state.value, action) == want
+        assert state.value in action_sources(action)
+
+
+def test_attempts_follow_the_actions():
+    assert attempt_after(X.SUBMIT) == "submitting"
+    assert attempt_after(X.JOB_RECORDED) == attempt_after(X.ADOPTED) == "queued"
+    assert attempt_after(X.SBATCH_FAILED) == attempt_after(X.ABANDONED) == "abandoned"
+    assert attempt_after(X.CANCEL) == "cancelled"
+    assert attempt_after(X.RETRY) is attempt_after(X.SUPERSEDE) is None
+
+
+steps = st.lists(st.one_of(st.sampled_from(list(X)), st.tuples(attempt_states, evidence)), max_size=30)
+
+
+@given(run_states, steps)
+def test_no_sequence_leaves_superseded_but_revive_nor_resubmits_a_completed_run(start, seq):
+    """Random interleavings of actions and evidence, as submit, sync, cancel, retry and plan
+    --force produce them: refused actions change nothing."""
+    state = start
+    for step in seq:
+        before = state
+        if isinstance(step, X):
+            try:
+                state = on_action(state.value, step)
+            except IllegalMove:
+                assert state not in ACTIONS[step]
+                continue
+            assert not (before == S.COMPLETED and step == X.SUBMIT)
+        else:
+            state = decide(state.value, step[0].value, step[1]).run_state
+        if before == S.SUPERSEDED:
+            assert state == S.SUPERSEDED or step == X.REVIVE, (step, state)
+    with pytest.raises(IllegalMove):
+        on_action(S.COMPLETED.value, X.SUBMIT)
 
 # ------------------------------------------------------------------ what a result.json says
 

@@ -15,7 +15,9 @@ from typing import Any, NamedTuple, Optional, Protocol
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from ..state import Action, attempt_after
 from ..store.models import Attempt, Run, utcnow
+from ..store.sweeps import apply_action
 
 
 class SchedulerError(RuntimeError):
@@ -127,16 +129,14 @@ def reconcile_intents(session: Session, sweep: Any, rows: list[Any], *, min_age_
         for r in rs:
             jid = found.get(r.task)
             if jid:
-                att: dict[str, Any] = {"job_id": jid, "state": "queued"}
-                run_state = "queued"
+                action, att = Action.ADOPTED, {"job_id": jid}
                 notes.append(f"adopted job {jid} for run {r.run_id} (its submit was interrupted after sbatch)")
             else:
-                att = {"state": "abandoned", "ended_at": now,
-                       "reason": "submit interrupted before a job that can run was made; submitted again"}
-                run_state = "planned"
+                action, att = Action.ABANDONED, {"ended_at": now, "reason":
+                                                 "submit interrupted before a job that can run was made; submitted again"}
                 notes.append(f"abandoned the interrupted submission of run {r.run_id} (no job that can run)")
-            session.execute(update(Attempt).where(Attempt.id == r.attempt_pk).values(**att))
-            session.execute(update(Run).where(Run.id == r.run_pk).values(state=run_state, updated_at=now))
+            session.execute(update(Attempt).where(Attempt.id == r.attempt_pk).values(state=attempt_after(action), **att))
+            apply_action(session, action, Run.id == r.run_pk)
     return notes
 
 

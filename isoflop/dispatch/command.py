@@ -29,7 +29,7 @@ from ..errors import UserError
 from ..yamlio import load_data
 from ..schemas import Result, check_result, classify
 from .files import tail
-from .state import ResultKind
+from ..state import ResultKind
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates" / "commands"
 

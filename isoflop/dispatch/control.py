@@ -9,20 +9,20 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from ..state import Action, AttemptState, RunState, action_sources, attempt_after, on_action
 from ..store.models import ACTIVE_STATES, Attempt, Metric, Run, utcnow
 from ..store.sweeps import get_sweep
 from . import files as F
-from .state import AttemptState, RunState
 from .backend import backend_for
 from .locks import DispatchError, lock_or_refuse
 
-RETRYABLE = tuple(s.value for s in (RunState.FAILED, RunState.DIVERGED, RunState.LOST, RunState.CANCELLED))
+RETRYABLE = action_sources(Action.RETRY)
 
 
 @dataclass(frozen=True)
 class CancelResult:
     sweep: str
-    runs: tuple[str, ...]  # run ids now cancelled
+    runs: tuple[str, ...]  # run ids now cancelled (with --superseded: whose attempts were cancelled)
     jobs: tuple[str, ...]  # scheduler jobs cancelled (scancel / local kill)
     marked: tuple[str, ...]  # runs asked to stop inside a packed job that goes on with other runs
 
@@ -49,9 +49,11 @@ def _match(runs: list, budget: Optional[float], run_ids: Optional[Iterable[str]]
 
 
 def cancel_sweep(engine: Engine, sweep_name: str, *, budget: Optional[float] = None,
-                 run_ids: Optional[Iterable[str]] = None) -> CancelResult:
+                 run_ids: Optional[Iterable[str]] = None, superseded: bool = False) -> CancelResult:
     """Cancel the matching runs that are not finished: scancel (or kill) jobs whose runs are all
-    cancelled; ask a packed job to skip/stop a run it shares with others. Runs -> `cancelled`."""
+    cancelled; ask a packed job to skip/stop a run it shares with others. Runs -> `cancelled`.
+    With `superseded`, the matching superseded runs that still have active attempts are the ones
+    chosen: their jobs stop, their attempts are cancelled, and the runs stay superseded."""
     with Session(engine) as s:
         sw = get_sweep(s, sweep_name)
         workdir = sw.workdir
@@ -59,14 +61,15 @@ def cancel_sweep(engine: Engine, sweep_name: str, *, budget: Optional[float] = N
         with Session(engine) as s, s.begin():
             sw = get_sweep(s, sweep_name)
             root = F.runs_root(sw.workdir, sw.name)
-            runs = list(s.scalars(select(Run).where(Run.sweep_id == sw.id,
-                                                    Run.state.in_((RunState.PLANNED, RunState.LOST, RunState.FAILED) + ACTIVE_STATES))))
+            active = list(s.scalars(select(Attempt).join(Run, Run.id == Attempt.run_pk).where(
+                Run.sweep_id == sw.id, Attempt.state.in_(ACTIVE_STATES))))
+            which = ((Run.state == RunState.SUPERSEDED) & Run.id.in_({a.run_pk for a in active}) if superseded
+                     else Run.state.in_(action_sources(Action.CANCEL)))
+            runs = list(s.scalars(select(Run).where(Run.sweep_id == sw.id, which)))
             chosen = _match(runs, budget, run_ids)
             if not chosen:
                 return CancelResult(sweep_name, (), (), ())
             pks = {r.id for r in chosen}
-            active = list(s.scalars(select(Attempt).join(Run, Run.id == Attempt.run_pk).where(
-                Run.sweep_id == sw.id, Attempt.state.in_(ACTIVE_STATES))))
             by_job: dict[tuple[str, str], list[Attempt]] = {}
             for a in active:
                 if a.job_id:
@@ -91,9 +94,10 @@ def cancel_sweep(engine: Engine, sweep_name: str, *, budget: Optional[float] = N
                 backend_for(executor, workdir=workdir).cancel(ids)
             for a in active:
                 if a.run_pk in pks:
-                    a.state, a.ended_at, a.reason = AttemptState.CANCELLED.value, now, "isoflop cancel"
-            for r in chosen:
-                r.state, r.reason, r.updated_at = RunState.CANCELLED.value, f"cancelled by isoflop cancel (was {r.state})", now
+                    a.state, a.ended_at, a.reason = attempt_after(Action.CANCEL), now, "isoflop cancel"
+            for r in chosen if not superseded else ():
+                was = r.state
+                r.state, r.reason, r.updated_at = on_action(was, Action.CANCEL).value, f"cancelled by isoflop cancel (was {was})", now
             return CancelResult(sweep_name, tuple(r.run_id for r in chosen),
                                 tuple(j for js in kill.values() for j in js), tuple(marked))
 
@@ -143,5 +147,5 @@ def retry_sweep(engine: Engine, sweep_name: str, *, states: Iterable[str] = ("fa
                     (rdir / F.CANCEL).unlink()
                 r.attempt_base = counts.get(r.id, 0)
                 scale = f" with lr_scale {r.lr_scale:g}" if (r.lr_scale or 1.0) != 1.0 else ""
-                r.state, r.reason, r.updated_at = RunState.PLANNED.value, f"retry{scale} (was {was})", now
+                r.state, r.reason, r.updated_at = on_action(r.state, Action.RETRY).value, f"retry{scale} (was {was})", now
             return RetryResult(sweep_name, tuple(r.run_id for r in runs), tuple(moved), lr_scale)

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from ..schemas import RESULT_JSON, ResultCheck, check_result
 from . import files as F
-from .state import JOB_REPORTED, AttemptState, Evidence, ResultKind, Scheduler
+from ..state import JOB_REPORTED, AttemptState, Evidence, ResultKind, Scheduler
 
 _PHASES = {"pending": Scheduler.PENDING, "running": Scheduler.RUNNING, "ended": Scheduler.ENDED}
 _HOST = socket.gethostname()

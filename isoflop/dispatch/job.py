@@ -50,7 +50,7 @@ def run_finished(rdir: str | Path) -> bool:
     (truncated, wrong types, another run's, stale) is moved aside with its reason, so the run
     trains again instead of being skipped for ever."""
     from ..schemas import check_result, set_aside_result
-    from .state import ResultKind
+    from ..state import ResultKind
 
     spec = F.read_json(Path(rdir) / F.RUN_JSON) or {}
     check = check_result(Path(rdir) / F.RESULT, run_id=spec.get("run_id"), planned_steps=spec.get("steps"))

@@ -28,7 +28,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from ..store.models import Attempt, Run, utcnow
-from ..store.sweeps import get_sweep
+from ..state import Action, action_sources, attempt_after, on_action
+from ..store.sweeps import apply_action, get_sweep
 from . import files as F
 from .backend import ArrayPlan, Backend, JobPlan, backend_for, die_for_test
 from .locks import DispatchError, job_name, submit_lock
@@ -36,7 +37,7 @@ from .profiles import Profile
 
 __all__ = ["DispatchError", "SubmitResult", "pack", "run_json", "submit_sweep"]
 
-SUBMITTABLE = ("planned", "lost", "failed")  # cancelled runs wait for `isoflop retry --cancelled`
+SUBMITTABLE = action_sources(Action.SUBMIT)
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,7 @@ def _choose(s: Session, sweep_id: int, profile: Profile, budget: Optional[float]
             if r.state != "failed" or not (r.reason or "").startswith("gave up"):
                 r.reason = (f"gave up after {used} attempt(s) (max_attempts {profile.max_attempts} of "
                             f"profile {profile.name!r}); last: {r.reason or r.state}; `isoflop retry` resets")
-            r.state = "failed"
+            r.state = on_action(r.state, Action.GIVE_UP).value
     return todo, skipped, over_cap
 
 
@@ -224,10 +225,10 @@ def _record_intents(s: Session, sweep_id: int, sweep_name: str, root: Path, arra
                 F.write_json_atomic(root / rid / F.RUN_JSON, run_json(r, sweep_name, n, scale))
                 with contextlib.suppress(FileNotFoundError):
                     (root / rid / F.CANCEL).unlink()
-                s.add(Attempt(run_pk=r.id, number=n, executor=executor, state="submitting",
+                s.add(Attempt(run_pk=r.id, number=n, executor=executor, state=attempt_after(Action.SUBMIT),
                               submitted_at=now, lr_scale=scale, token=arr.token, task=task,
                               reason=r.reason if (r.reason or "").startswith("retry") else None))
-                r.state, r.updated_at = "submitting", now
+                r.state, r.updated_at = on_action(r.state, Action.SUBMIT).value, now
 
 
 def _submit_locked(engine: Engine, sweep_name: str, profile: Profile, backend: Backend, *, dry_run: bool,
@@ -265,14 +266,15 @@ def _record(engine: Engine, token: str, ids: list[str]) -> None:
     with Session(engine) as s, s.begin():
         rows = s.execute(select(Attempt.id, Attempt.task).where(Attempt.token == token)).all()
         for pk, task in rows:
-            s.execute(update(Attempt).where(Attempt.id == pk).values(job_id=ids[task], state="queued"))
+            s.execute(update(Attempt).where(Attempt.id == pk).values(
+                job_id=ids[task], state=attempt_after(Action.JOB_RECORDED)))
         pks = select(Attempt.run_pk).where(Attempt.token == token).scalar_subquery()
-        s.execute(update(Run).where(Run.id.in_(pks)).values(state="queued", updated_at=utcnow()))
+        apply_action(s, Action.JOB_RECORDED, Run.id.in_(pks))
 
 
 def _abandon(engine: Engine, tokens: list[str]) -> None:
     with Session(engine) as s, s.begin():
         pks = select(Attempt.run_pk).where(Attempt.token.in_(tokens), Attempt.job_id.is_(None)).scalar_subquery()
-        s.execute(update(Run).where(Run.id.in_(pks)).values(state="planned", updated_at=utcnow()))
+        apply_action(s, Action.SBATCH_FAILED, Run.id.in_(pks))
         s.execute(update(Attempt).where(Attempt.token.in_(tokens), Attempt.job_id.is_(None)).values(
-            state="abandoned", ended_at=utcnow(), reason="sbatch failed"))
+            state=attempt_after(Action.SBATCH_FAILED), ended_at=utcnow(), reason="sbatch failed"))

@@ -29,7 +29,7 @@ from . import files as F
 from .backend import reconcile_intents, scheduler_view
 from .evidence import gather
 from .locks import try_lock
-from .state import AttemptState, ResultKind, RunState, decide
+from ..state import AttemptState, ResultKind, RunState, decide
 
 LOG_TAIL_LINES = 12
 

@@ -10,11 +10,11 @@ from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, Un
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from ..dispatch.state import RUN_ACTIVE, RUN_FINAL, AttemptState, RunState
+from ..state import RUN_ACTIVE, RUN_FINAL, AttemptState, RunState
 
 SCHEMA_VERSION = 1
 
-# The lifecycle's vocabulary lives in dispatch/state.py (documented in the README); these tuples of
+# The lifecycle's vocabulary lives in isoflop/state.py (documented in the README); these tuples of
 # plain strings are what queries compare the columns with.
 RUN_STATES = tuple(s.value for s in RunState)
 ACTIVE_STATES = tuple(s.value for s in RUN_ACTIVE)

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from ..dispatch.state import NOT_BEST, RunState
+from ..state import NOT_BEST, RunState
 from .models import Metric, Run, Sweep
 from .sweeps import get_sweep
 

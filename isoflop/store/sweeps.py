@@ -9,6 +9,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from ..state import Action, action_sources, action_target
 from .engine import StoreError
 from .models import FINAL_STATES, Attempt, Run, Sweep, utcnow
 
@@ -88,19 +89,26 @@ def save_plan(
         for rid in live - new_ids:
             pk, _ = stored[rid]
             if pk in attempted:
-                s.execute(update(Run).where(Run.id == pk).values(state="superseded", updated_at=utcnow()))
+                apply_action(s, Action.SUPERSEDE, Run.id == pk)
                 superseded += 1
             else:
                 s.delete(s.get(Run, pk))
                 deleted += 1
         revived = [stored[rid][0] for rid in new_ids & set(stored) if stored[rid][1] == "superseded"]
-        for pk in revived:  # planned again after a round trip: its results are still good
-            s.execute(update(Run).where(Run.id == pk).values(state="planned", updated_at=utcnow()))
+        if revived:  # planned again after a round trip: its results are still good
+            apply_action(s, Action.REVIVE, Run.id.in_(revived))
         fresh = [r for r in runs if r.run_id not in stored]
         if fresh:
             s.connection().execute(insert(Run.__table__), [_row(sw.id, r, now) for r in fresh])
         sw.spec, sw.spec_digest, sw.updated_at = spec_json, digest, utcnow()
         return PlanResult(spec.name, False, len(fresh), len(new_ids) - len(fresh), superseded, deleted)
+
+
+def apply_action(session: Session, action: Action, *where: Any) -> None:
+    """`action` on the runs matching `where` that it applies to (state.py's table), in one UPDATE:
+    e.g. a run superseded while its submit ran stays superseded when the job id is recorded."""
+    session.execute(update(Run).where(*where, Run.state.in_(action_sources(action))).values(
+        state=action_target(action), updated_at=utcnow()))
 
 
 def get_sweep(session: Session, name: str) -> Sweep:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from isoflop.dispatch.state import ResultKind
+from isoflop.state import ResultKind
 from isoflop.schemas import check_result, set_aside_result
 from isoflop.train import checkpoint as ckpt
 from isoflop.train.checkpoint import Preempted, request_stop

@@ -2,7 +2,10 @@
 
 `decide(run_state, attempt_state, evidence)` is pure: sync (dispatch/sync.py) gathers the
 evidence (dispatch/evidence.py) and applies the `Transition` it returns; nothing else decides
-a run's state from files or the scheduler. Cheap imports only: `isoflop status` uses it.
+a run's state from files or the scheduler. What users and the dispatcher do to a run (submit,
+cancel, retry, plan --force, ...) goes through `on_action(run_state, action)`, which refuses
+moves that make no sense. No other module writes a state of its own choosing. It lives outside
+dispatch/ because the store uses it too; cheap imports only: `isoflop status` uses it.
 
 Vocabulary (the values are the strings stored in the `runs.state` / `attempts.state` columns
 and written by jobs in `attempt-<n>.json`, so older stores still read):
@@ -155,3 +158,68 @@ def decide(run_state: str, attempt_state: str, evidence: Evidence) -> Transition
     if rs == RunState.SUPERSEDED:
         return Transition(RunState.SUPERSEDED, t.attempt_state, t.reason, t.final)
     return t
+
+
+class Action(str, enum.Enum):
+    """What a user or the dispatcher does to a run (evidence is `decide`'s business)."""
+
+    SUBMIT = "submit"  # submit records an intent (an attempt in `submitting`)
+    JOB_RECORDED = "job recorded"  # the backend answered with the job id
+    SBATCH_FAILED = "sbatch failed"  # the backend refused: the run is planned again
+    ADOPTED = "adopted"  # a dead submit's job was found and can run
+    ABANDONED = "abandoned"  # a dead submit left no job that can run: submitted again
+    GIVE_UP = "give up"  # max_attempts used up
+    CANCEL = "cancel"  # isoflop cancel
+    RETRY = "retry"  # isoflop retry
+    SUPERSEDE = "supersede"  # plan --force no longer plans it
+    REVIVE = "revive"  # plan --force plans it again
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class IllegalMove(Exception):
+    """A caller asked for a move the lifecycle forbids: a bug in the caller, never a user error
+    (callers select the runs an action applies to with `action_sources`)."""
+
+
+_S = RunState
+_SUBMITTABLE = (_S.PLANNED, _S.LOST, _S.FAILED)  # cancelled runs wait for `isoflop retry --cancelled`
+# action -> (run states it applies to, run state after, the active attempt's state after)
+_MOVES: dict[Action, tuple[tuple[RunState, ...], RunState, Optional[AttemptState]]] = {
+    Action.SUBMIT: (_SUBMITTABLE, _S.SUBMITTING, AttemptState.SUBMITTING),
+    Action.JOB_RECORDED: ((_S.SUBMITTING,), _S.QUEUED, AttemptState.QUEUED),
+    Action.SBATCH_FAILED: ((_S.SUBMITTING,), _S.PLANNED, AttemptState.ABANDONED),
+    Action.ADOPTED: ((_S.SUBMITTING,), _S.QUEUED, AttemptState.QUEUED),
+    Action.ABANDONED: ((_S.SUBMITTING,), _S.PLANNED, AttemptState.ABANDONED),
+    Action.GIVE_UP: (_SUBMITTABLE, _S.FAILED, None),
+    Action.CANCEL: ((_S.PLANNED, _S.LOST, _S.FAILED) + RUN_ACTIVE, _S.CANCELLED, AttemptState.CANCELLED),
+    Action.RETRY: ((_S.FAILED, _S.DIVERGED, _S.LOST, _S.CANCELLED), _S.PLANNED, None),
+    Action.SUPERSEDE: (tuple(s for s in RunState if s != _S.SUPERSEDED), _S.SUPERSEDED, None),
+    Action.REVIVE: ((_S.SUPERSEDED,), _S.PLANNED, None),
+}
+
+
+def on_action(run_state: str, action: Action) -> RunState:
+    """The run's state after `action`; IllegalMove if the action does not apply to `run_state`
+    (cancel of a finished run, anything but revive out of superseded, submit of a completed run)."""
+    sources, to, _ = _MOVES[action]
+    if RunState(run_state) not in sources:
+        raise IllegalMove(f"cannot {action.value} a run that is {run_state}")
+    return to
+
+
+def action_sources(action: Action) -> tuple[str, ...]:
+    """The run states `action` applies to, as stored strings: for queries that select the runs."""
+    return tuple(s.value for s in _MOVES[action][0])
+
+
+def action_target(action: Action) -> str:
+    """The run state after `action`, as stored, for bulk updates over rows in `action_sources`."""
+    return _MOVES[action][1].value
+
+
+def attempt_after(action: Action) -> Optional[str]:
+    """The state the run's active attempt takes with `action` (None: attempts are not touched)."""
+    st = _MOVES[action][2]
+    return None if st is None else st.value
