@@ -203,6 +203,9 @@ def plan(
             f"[green]replanned[/] sweep {spec.name!r}: {result.added} new, {result.kept} kept, "
             f"{result.superseded} superseded (kept with their results), {result.deleted} removed (never run)"
         )
+        if result.superseded_active:
+            console.print(f"{result.superseded_active} superseded run(s) still have jobs; "
+                          f"`isoflop cancel {spec.name} --superseded` stops them")
 
 
 def _template_names() -> list[str]:
@@ -459,14 +462,20 @@ def cancel(
     sweep: str = typer.Argument(..., help="sweep name in the store"),
     budget: Optional[float] = typer.Option(None, "--budget", help="only the runs of this budget C"),
     run_ids: List[str] = typer.Option([], "--run", help="only this run (id or unique prefix; repeatable)"),
+    superseded: bool = typer.Option(False, "--superseded",
+                                    help="stop the jobs of superseded runs instead (the runs stay superseded)"),
 ) -> None:
     """Cancel runs that are not finished (scancel / stop local jobs); they become `cancelled`."""
     from .dispatch.control import cancel_sweep
 
     _positive("--budget", budget)
-    res = _dispatch_call(cancel_sweep, _engine(), sweep, budget=budget, run_ids=run_ids or None)
+    res = _dispatch_call(cancel_sweep, _engine(), sweep, budget=budget, run_ids=run_ids or None, superseded=superseded)
     if not res.runs:
-        console.print("no unfinished run matched; nothing cancelled")
+        console.print(f"no {'superseded run with a job' if superseded else 'unfinished run'} matched; nothing cancelled")
+        return
+    if superseded:
+        console.print(f"[yellow]stopped[/] the jobs of {len(res.runs)} superseded run(s)"
+                      + (f": job(s) {', '.join(res.jobs)}" if res.jobs else "") + "; they stay superseded")
         return
     console.print(f"[yellow]cancelled[/] {len(res.runs)} run(s)"
                   + (f"; stopped job(s) {', '.join(res.jobs)}" if res.jobs else "")

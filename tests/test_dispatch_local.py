@@ -17,7 +17,7 @@ from isoflop.dispatch.submit import pack
 from isoflop.store.ingest import read_metrics
 from isoflop.store.models import Attempt, Metric, Run
 
-from .conftest import run_isoflop
+from .conftest import run_isoflop, tiny_spec
 
 LOCAL = """\
 executor: local
@@ -315,3 +315,30 @@ def test_killed_pool_is_started_again(planned_sweep, tmp_path):
     with Session(engine) as s:
         assert sorted(a for (a,) in s.execute(select(Attempt.state))) == ["completed"] * 3
     assert len(list(jobs.glob("*.json"))) == 3  # no job was made twice
+
+
+@linux_only
+def test_cancel_superseded_stops_their_jobs(planned_sweep, tmp_path):
+    """`plan --force` used to leave the jobs of superseded runs training (GPU-hours for runs that
+    are never fitted) and `cancel` could not reach them. Now plan says so, and
+    `cancel --superseded` stops them while the runs stay superseded."""
+    engine, workdir = planned_sweep(budgets="[1.0e11]", points=1)
+    prof = local_profile(tmp_path)
+    run_isoflop("submit", "tiny", "--profile", prof, workdir=workdir)
+    old = wait_running(workdir, 5)["runs"][0]
+    rdir = workdir / "runs" / "tiny" / old["run_id"]
+    spec = tmp_path / "other.yaml"
+    spec.write_text(tiny_spec(budgets="[3.0e10]", points=3))
+    out = run_isoflop("plan", str(spec), "--force", workdir=workdir).stdout
+    assert "1 superseded run(s) still have jobs; `isoflop cancel tiny --superseded` stops them" in out, out
+    assert trainers_in(rdir)  # plan alone stops nothing
+    out = run_isoflop("cancel", "tiny", "--superseded", workdir=workdir).stdout
+    assert f"stopped the jobs of 1 superseded run(s): job(s) {old['job_id']}" in out, out
+    assert no_trainer_in(rdir, 15), "the superseded run's trainer still runs"
+    status(workdir)
+    with Session(engine) as s:
+        runs = {r.run_id: r for r in s.scalars(select(Run))}
+        assert runs[old["run_id"]].state == "superseded"
+        assert [a.state for a in s.scalars(select(Attempt))] == ["cancelled"]
+        assert sorted(r.state for r in runs.values()) == ["planned"] * 3 + ["superseded"]  # the new runs untouched
+    assert "nothing cancelled" in run_isoflop("cancel", "tiny", "--superseded", workdir=workdir).stdout

@@ -5,13 +5,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from ..state import Action, action_sources, action_target
 from .engine import StoreError
-from .models import FINAL_STATES, Attempt, Run, Sweep, utcnow
+from .models import ACTIVE_STATES, FINAL_STATES, Attempt, Run, Sweep, utcnow
 
 
 class SpecChanged(StoreError):
@@ -26,6 +26,7 @@ class PlanResult:
     kept: int  # runs already stored with the same definition
     superseded: int  # runs no longer planned (kept in the store, state 'superseded')
     deleted: int  # runs no longer planned that had never been attempted
+    superseded_active: int = 0  # superseded runs whose jobs still run (`isoflop cancel --superseded`)
 
     @property
     def changed(self) -> bool:
@@ -101,7 +102,9 @@ def save_plan(
         if fresh:
             s.connection().execute(insert(Run.__table__), [_row(sw.id, r, now) for r in fresh])
         sw.spec, sw.spec_digest, sw.updated_at = spec_json, digest, utcnow()
-        return PlanResult(spec.name, False, len(fresh), len(new_ids) - len(fresh), superseded, deleted)
+        running = s.scalar(select(func.count(func.distinct(Run.id))).join(Attempt, Attempt.run_pk == Run.id).where(
+            Run.sweep_id == sw.id, Run.state == "superseded", Attempt.state.in_(ACTIVE_STATES)))
+        return PlanResult(spec.name, False, len(fresh), len(new_ids) - len(fresh), superseded, deleted, running)
 
 
 def apply_action(session: Session, action: Action, *where: Any) -> None:
