@@ -3,7 +3,7 @@
 Defined once, here: the planner/submit writes `RunFile`, the runner and the trainer read it;
 the trainer (built-in or a template's normalised result) writes `Result`, the job and
 ingestion read it through `check_result`, which also says whether a result counts. Only
-pydantic is imported (`isoflop status` reads results).
+pydantic is imported; `isoflop status` imports this module only once it finds a file to read.
 
 Both models keep unknown keys (`extra="allow"`): a trainer may record more (device, versions,
 what a script reported) and a newer run.json may carry more fields than an older job knows.
@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from .state import ResultKind
+from .state import ABSENT, ResultCheck, ResultKind
 
 RUN_JSON = "run.json"
 RESULT_JSON = "result.json"
@@ -101,13 +100,6 @@ def _finite(v: Optional[float]) -> bool:
     return v is not None and math.isfinite(v)
 
 
-@dataclass(frozen=True)
-class ResultCheck:
-    kind: ResultKind
-    result: Optional[Result]  # parsed (also for a diverged or stale one); None when absent/invalid
-    reason: Optional[str]  # why it does not count (invalid, stale) or where it diverged
-
-
 def _one_line(e: ValidationError) -> str:
     err = e.errors()[0]
     where = ".".join(str(x) for x in err["loc"]) or "result"
@@ -149,7 +141,7 @@ def check_result(path: Path, *, run_id: Optional[str] = None, planned_steps: Opt
     try:
         text = Path(path).read_text()
     except FileNotFoundError:
-        return ResultCheck(ResultKind.ABSENT, None, None)
+        return ABSENT
     except (OSError, UnicodeDecodeError) as e:
         return ResultCheck(ResultKind.INVALID, None, f"unreadable: {e}")
     try:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 
 class RunState(str, enum.Enum):
@@ -83,6 +83,19 @@ ATTEMPT_ACTIVE = (AttemptState.SUBMITTING, AttemptState.QUEUED, AttemptState.RUN
 # what a job may write as the state of its attempt-<n>.json
 JOB_REPORTED = (AttemptState.RUNNING, AttemptState.REQUEUED, AttemptState.PREEMPTED, AttemptState.COMPLETED,
                 AttemptState.FAILED, AttemptState.DIVERGED, AttemptState.CANCELLED)
+
+
+@dataclass(frozen=True)
+class ResultCheck:
+    """A judged result.json (isoflop/schemas.py judges it; here so that an absent result is
+    known without importing pydantic)."""
+
+    kind: ResultKind
+    result: Any  # the parsed schemas.Result (also a diverged or stale one); None when absent/invalid
+    reason: Optional[str]  # why it does not count (invalid, stale) or where it diverged
+
+
+ABSENT = ResultCheck(ResultKind.ABSENT, None, None)
 
 
 @dataclass(frozen=True)

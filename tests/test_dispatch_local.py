@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from isoflop.dispatch.submit import pack
 from isoflop.store.ingest import read_metrics
 from isoflop.store.models import Attempt, Metric, Run
 
-from .conftest import run_isoflop, tiny_spec
+from .conftest import isoflop_env, run_isoflop, tiny_spec
 
 LOCAL = """\
 executor: local
@@ -342,3 +343,17 @@ def test_cancel_superseded_stops_their_jobs(planned_sweep, tmp_path):
         assert [a.state for a in s.scalars(select(Attempt))] == ["cancelled"]
         assert sorted(r.state for r in runs.values()) == ["planned"] * 3 + ["superseded"]  # the new runs untouched
     assert "nothing cancelled" in run_isoflop("cancel", "tiny", "--superseded", workdir=workdir).stdout
+
+
+def test_status_imports_no_heavy_module(planned_sweep):
+    """`isoflop status` must stay fast on big sweeps: with nothing to read from run folders it
+    imports neither the result schemas (pydantic models) nor numpy, torch, scipy or submitit."""
+    engine, workdir = planned_sweep(points=3)
+    code = ("import runpy, sys\nsys.argv = ['isoflop', 'status', 'tiny']\ntry:\n"
+            "    runpy.run_module('isoflop', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "heavy = ('isoflop.schemas', 'numpy', 'torch', 'scipy', 'submitit', 'matplotlib')\n"
+            "print('HEAVY', [m for m in heavy if m in sys.modules])")
+    p = subprocess.run([sys.executable, "-c", code], env=isoflop_env(workdir), capture_output=True, text=True,
+                       timeout=60)
+    assert "3 planned" in p.stdout, p.stdout + p.stderr
+    assert "HEAVY []" in p.stdout, p.stdout

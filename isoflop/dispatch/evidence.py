@@ -9,9 +9,8 @@ import socket
 from pathlib import Path
 from typing import Any, Optional
 
-from ..schemas import RESULT_JSON, ResultCheck, check_result
+from ..state import ABSENT, JOB_REPORTED, AttemptState, Evidence, ResultCheck, ResultKind, Scheduler
 from . import files as F
-from ..state import JOB_REPORTED, AttemptState, Evidence, ResultKind, Scheduler
 
 _PHASES = {"pending": Scheduler.PENDING, "running": Scheduler.RUNNING, "ended": Scheduler.ENDED}
 _HOST = socket.gethostname()
@@ -58,9 +57,14 @@ def trainer_alive(pid: Any, node: Any, rdir: Path) -> Optional[bool]:
 
 
 def read_result(rdir: Path, run_id: str, planned_steps: Optional[int]) -> ResultCheck:
-    check = check_result(Path(rdir) / RESULT_JSON, run_id=run_id, planned_steps=planned_steps)
+    path = Path(rdir) / F.RESULT
+    if not path.exists():  # most active runs: judged without importing pydantic
+        return ABSENT
+    from ..schemas import check_result
+
+    check = check_result(path, run_id=run_id, planned_steps=planned_steps)
     if check.kind in (ResultKind.INVALID, ResultKind.STALE):
-        return ResultCheck(check.kind, check.result, f"{Path(rdir) / RESULT_JSON}: {check.reason}")
+        return ResultCheck(check.kind, check.result, f"{path}: {check.reason}")
     return check
 
 

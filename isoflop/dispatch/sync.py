@@ -21,7 +21,6 @@ from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from ..schemas import set_aside_result
 from ..store.ingest import ingest_metrics, result_updates
 from ..store.models import ACTIVE_STATES, Attempt, Run, utcnow
 from ..store.sweeps import get_sweep
@@ -204,6 +203,8 @@ def _sync_one(s: Session, r: Any, runs_root: Path, info: Any, unreachable: bool,
         upd.update(result_updates(check.result))
     reason = t.reason
     if check.kind in (ResultKind.INVALID, ResultKind.STALE):
+        from ..schemas import set_aside_result
+
         moved = set_aside_result(rdir, r.number, t.reason or check.kind.value)
         if moved is not None:
             reason = f"{reason}; moved to {moved.name}"

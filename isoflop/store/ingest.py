@@ -7,13 +7,15 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, insert
 from sqlalchemy.orm import Session
 
-from ..schemas import RESULT_JSON, Result, ResultCheck, check_result
 from .models import Metric
+
+if TYPE_CHECKING:  # pydantic only where a result is read (status with no result file stays light)
+    from ..schemas import Result
 
 METRIC_KEYS = ("step", "tokens", "flops", "train_loss", "val_loss", "lr", "tokens_per_s")
 
@@ -91,11 +93,6 @@ def ingest_metrics(session: Session, run_pk: int, rdir: Path, offset: int) -> di
         if vals:
             upd[key] = _num(float(vals[-1]))
     return upd
-
-
-def read_result(rdir: Path, run_id: str | None = None, planned_steps: int | None = None) -> ResultCheck:
-    """result.json of a run, judged: absent, valid, diverged, stale or invalid (with the reason)."""
-    return check_result(Path(rdir) / RESULT_JSON, run_id=run_id, planned_steps=planned_steps)
 
 
 def result_updates(result: Result) -> dict[str, Any]:
