@@ -41,7 +41,8 @@ ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _number(text: str, column: str, line: int, *, positive: bool, allow_empty: bool) -> float:
+def _number(text: str, column: str, line: int, *, positive: bool, allow_empty: bool,
+            allow_inf: bool = False) -> float:
     t = text.strip()
     if t == "" or t.lower() in ("nan", "na", "none", "null"):
         if allow_empty:
@@ -51,6 +52,8 @@ def _number(text: str, column: str, line: int, *, positive: bool, allow_empty: b
         v = float(t)
     except ValueError:
         raise CSVError(f"line {line}: column {column!r} has non-numeric value {t!r}") from None
+    if math.isinf(v) and allow_inf:
+        return v   # a diverged run logs inf: kept as a run, excluded from the fit with its reason (like NaN)
     if not math.isfinite(v):
         raise CSVError(f"line {line}: column {column!r} must be finite, got {t!r}")
     if positive and not v > 0:
@@ -120,7 +123,7 @@ def _read_csv(p: Path, config: str | None) -> FitTable:
         line = i + 2
         row: dict[str, object] = {
             "params": _number(r[cols["params"]], cols["params"], line, positive=True, allow_empty=False),
-            "loss": _number(r[cols["loss"]], cols["loss"], line, positive=True, allow_empty=True),
+            "loss": _number(r[cols["loss"]], cols["loss"], line, positive=True, allow_empty=True, allow_inf=True),
         }
         for key in ("tokens", "flops", "budget"):
             if key in cols:

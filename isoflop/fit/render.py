@@ -100,27 +100,35 @@ def render_report(report: FitReport, console: Any) -> None:
             t.add_row(_g(p.budget), _g(p.n_opt_estimate), _ci(p.n_opt_ci), _g(p.d_opt_estimate), _ci(p.d_opt_ci),
                       _g(p.loss_opt, 4), _ci(p.loss_opt_ci, 4),
                       "parametric fit" if p.loss_opt_model.startswith("parametric") else
-                      ("E + k·C^−γ law" if p.loss_opt_law is not None else "power law (no floor)"))
+                      ("E + k·C^−γ law" if p.loss_opt_law is not None else
+                       "power law (no floor), flagged too_few_budgets"))
         console.print(t)
+        flagged = next((p.loss_opt_flag for p in report.predictions if p.loss_opt_flag), None)
+        if flagged:
+            console.print(f"[yellow]L_opt not a prediction:[/yellow] {flagged}")
         console.print("N_opt, D_opt: power laws in C through the per-budget minima (approach 2).")
         chk = report.parametric_check
         if chk is not None:
             console.print(f"parametric fit {chk.reason}")
         pp = [p for p in report.predictions if p.parametric_method is not None]
         if pp:
-            t = Table(title=f"The parametric fit's own optimum ({pp[0].parametric_method}; 5–95% linearised)")
+            used = bool(pp[0].parametric_used)
+            t = Table(title=f"The parametric fit's own optimum ({pp[0].parametric_method}; 5–95% linearised)"
+                      if used else f"The parametric fit's own optimum ({pp[0].parametric_method}) — NOT USED: it "
+                      "failed its check (above), so these are not predictions and get no intervals")
             for col in ("budget C", "N_opt", "N_opt 5–95%", "D_opt", "L_opt", "L_opt 5–95%", "loss law L_opt",
                         "5–95%"):
                 t.add_column(col, justify="right")
             for p in pp:
-                t.add_row(_g(p.budget), _g(p.n_opt_parametric), _ci(p.n_opt_parametric_ci), _g(p.d_opt_parametric),
-                          _g(p.loss_opt_parametric, 4), _ci(p.loss_opt_parametric_ci, 4), _g(p.loss_opt_law, 4),
+                t.add_row(_g(p.budget), _g(p.n_opt_parametric), _ci(p.n_opt_parametric_ci if used else None),
+                          _g(p.d_opt_parametric), _g(p.loss_opt_parametric, 4),
+                          _ci(p.loss_opt_parametric_ci if used else None), _g(p.loss_opt_law, 4),
                           _ci(p.loss_opt_law_ci, 4))
             console.print(t)
 
     if report.parametric or report.parametric_reason:
         if report.parametric_reason:
-            console.print(f"[bold red]No parametric fit:[/bold red] {report.parametric_reason}")
+            console.print(f"[yellow]No parametric fit:[/yellow] {report.parametric_reason}")
         t = Table(title="Parametric fit L = E + A/N^α + B/D^β")
         for col in ("method", "E", "A", "B", "α", "β", "a = β/(α+β)", "objective", "points"):
             t.add_column(col, justify="right")

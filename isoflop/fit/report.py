@@ -77,6 +77,12 @@ class Prediction:
     #: the loss law E + k·C^−γ through the per-budget minima (whichever model loss_opt came from)
     loss_opt_law: float | None = None
     loss_opt_law_ci: tuple[float, float] | None = None
+    #: why loss_opt is not to be trusted (then loss_opt_ci is None): "too_few_budgets: …" or
+    #: "parametric_rejected: …"; None when it is a calibrated prediction
+    loss_opt_flag: str | None = None
+    #: whether the parametric fit passed its check (`ParametricCheck`) and gives L_opt; its optimum is
+    #: reported either way, but when False it is not a prediction to act on
+    parametric_used: bool | None = None
 
     @property
     def n_opt_estimate(self) -> float:
@@ -183,6 +189,14 @@ def _ci(samples: np.ndarray) -> tuple[tuple[float, float] | None, float | None]:
     return (lo, hi), med
 
 
+def _hull(ci: tuple[float, float] | None, value: float) -> tuple[float, float] | None:
+    """The interval stretched to contain its own estimate: a percentile interval of skewed draws (the
+    parametric L_opt of a flat profile) can miss the point it is printed beside (3 of 20 synthetic sweeps)."""
+    if ci is None or not math.isfinite(value):
+        return ci
+    return (min(ci[0], value), max(ci[1], value))
+
+
 def _with_ci(law: PowerLaw, slopes: np.ndarray, icpts: np.ndarray) -> PowerLaw:
     from dataclasses import replace
 
@@ -192,6 +206,7 @@ def _with_ci(law: PowerLaw, slopes: np.ndarray, icpts: np.ndarray) -> PowerLaw:
 
 
 LOSS_LAW_MODEL = "L_opt = E + k·C^-γ through the per-budget minima"
+TOO_FEW_BUDGETS = "too_few_budgets"
 
 
 def _predictions(frontier: Frontier | None, samples: FrontierSamples | None,
@@ -223,6 +238,11 @@ def _predictions(frontier: Frontier | None, samples: FrontierSamples | None,
             loss_opt = float(law(c))
             kw["loss_opt_model"] = LOSS_LAW_MODEL
             kw["loss_opt_law"] = loss_opt
+        else:
+            # a power law has no floor: through 2 budgets its extrapolation is biased low and its bootstrap
+            # interval narrow (0/20 coverage at 10× on 2-budget synthetic sweeps), so it gets no interval
+            kw["loss_opt_flag"] = (f"{TOO_FEW_BUDGETS}: {len(frontier.budgets)} usable budget(s); the loss floor E "
+                                   "needs at least 3, a pure power law extrapolates too low (no interval)")
         if samples is not None and samples.ok.any():
             lc = math.log(c)
             ok = samples.ok
@@ -233,6 +253,8 @@ def _predictions(frontier: Frontier | None, samples: FrontierSamples | None,
             else:
                 ll = np.exp(samples.slope_l[ok] * lc + samples.icpt_l[ok])
             for key, vals in (("n_opt", np.exp(ln)), ("d_opt", np.exp(ld)), ("loss_opt", ll)):
+                if key == "loss_opt" and law is None:
+                    continue
                 ci, med = _ci(vals)
                 kw[f"{key}_ci"], kw[f"{key}_median"] = ci, med
             if law is not None:
@@ -244,14 +266,17 @@ def _predictions(frontier: Frontier | None, samples: FrontierSamples | None,
                           loss_opt_parametric=float(p.loss(n_p, d_p)))
                 if par_draws is not None:
                     nd, dd, lld = optimum_of(par_draws, c)
-                    kw["n_opt_parametric_ci"], _ = _ci(nd)
-                    kw["d_opt_parametric_ci"], _ = _ci(dd)
-                    kw["loss_opt_parametric_ci"], _ = _ci(lld)
+                    kw["n_opt_parametric_ci"] = _hull(_ci(nd)[0], n_p)
+                    kw["d_opt_parametric_ci"] = _hull(_ci(dd)[0], d_p)
+                    kw["loss_opt_parametric_ci"] = _hull(_ci(lld)[0], kw["loss_opt_parametric"])
+                kw["parametric_used"] = bool(check is not None and check.used)
                 if check is not None and check.used:
                     loss_opt = kw["loss_opt_parametric"]
                     kw["loss_opt_ci"] = kw.get("loss_opt_parametric_ci")
                     kw["loss_opt_median"] = None
                     kw["loss_opt_model"] = f"parametric {p.method}: L = E + A/N^α + B/D^β at its optimum"
+        if kw.get("loss_opt_flag") is None:
+            kw["loss_opt_ci"] = _hull(kw.get("loss_opt_ci"), loss_opt)
         out.append(Prediction(budget=c, n_opt=float(frontier.params(c)), d_opt=float(frontier.tokens(c)),
                               loss_opt=loss_opt, **kw))
     return tuple(out)
@@ -262,6 +287,13 @@ def _parametric_check(fit: ParametricFit, draws: np.ndarray | None, fits: Sequen
     """χ² of (parametric L_opt − measured L_opt) over the used budgets, each with both variances."""
     from scipy.stats import chi2 as chi2_dist
 
+    measured = [(fits[i].loss_opt, fits[i].budget) for i in sel_idx if math.isfinite(fits[i].loss_opt)]
+    if measured and math.isfinite(fit.E) and fit.E >= min(measured)[0]:
+        lo, c_lo = min(measured)
+        # its floor above a loss already reached: every prediction it makes is too high
+        return ParametricCheck(False, math.nan, len(sel_idx), math.nan,
+                               f"rejected: its irreducible loss E = {fit.E:.4g} is above the measured L_opt "
+                               f"{lo:.4g} at C = {c_lo:.3g}; L_opt predictions use the loss law instead")
     if draws is None or bv is None or len(sel_idx) < 3:
         return ParametricCheck(False, math.nan, len(sel_idx), math.nan,
                                "no bootstrap to compare it with" if bv is None else "fewer than 3 budgets")
@@ -434,6 +466,11 @@ def fit_sweep(table: FitTable, *, window: int | str | None = 5, minimizer: str =
     auto_parametric = parametric == "auto"
     if auto_parametric:
         parametric = "lse" if len(sel_idx) >= 3 else None
+        if parametric is None:
+            par_reason = (f"{TOO_FEW_BUDGETS}: {len(sel_idx)} usable budget(s); --method auto fits L(N, D) "
+                          "with at least 3 (fewer cannot pin E; force one with --method lse)")
+    elif parametric is None:
+        par_reason = "not requested (--method none)"
     if parametric is not None:
         keep_rows = np.zeros(len(n_all), dtype=bool)
         for _, idx in by_budget:
@@ -589,10 +626,12 @@ def _pred_json(p: Prediction) -> dict[str, Any]:
             "d_opt_estimate": _median_or(p.d_opt_median, p.d_opt), "loss_opt_estimate": p.loss_opt,
             "n_opt_model": p.n_opt_model, "d_opt_model": p.d_opt_model, "loss_opt_model": p.loss_opt_model,
             "loss_opt_law": p.loss_opt_law, "loss_opt_law_ci": p.loss_opt_law_ci,
+            "loss_opt_flag": p.loss_opt_flag,
             "parametric": None if p.parametric_method is None else {
                 "method": p.parametric_method, "n_opt": p.n_opt_parametric, "n_opt_ci": p.n_opt_parametric_ci,
                 "d_opt": p.d_opt_parametric, "d_opt_ci": p.d_opt_parametric_ci,
-                "loss_opt": p.loss_opt_parametric, "loss_opt_ci": p.loss_opt_parametric_ci}}
+                "loss_opt": p.loss_opt_parametric, "loss_opt_ci": p.loss_opt_parametric_ci,
+                "used_for_loss": p.parametric_used}}
 
 
 def _report_json(r: FitReport) -> dict[str, Any]:
@@ -627,7 +666,9 @@ def _report_json(r: FitReport) -> dict[str, Any]:
     if r.bootstrap is not None and r.samples is not None:
         out["bootstrap"] = {"resamples": r.bootstrap.n_resamples, "seed": r.bootstrap.seed,
                             "dropped": r.samples.dropped, "interval": [5, 95]}
-    if r.settings.get("parametric") is not None:
+    # always present (null / [] when there is no parametric fit, with the reason)
+    out["parametric"], out["parametric_reason"], out["parametric_check"] = [], r.parametric_reason, None
+    if r.parametric:
         out["parametric"] = [{"method": p.method, "E": p.E, "A": p.A, "B": p.B, "alpha": p.alpha, "beta": p.beta,
                               "a": p.a, "b": p.b, "objective": p.objective, "points": p.n_points,
                               "converged": p.converged} for p in r.parametric]

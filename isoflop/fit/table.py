@@ -131,7 +131,7 @@ class FitTable:
                 why = str(self.reason[i]).strip()
                 out.append(f"{st}: {why}" if why else st)
             elif not math.isfinite(self.loss[i]):
-                out.append("non-finite loss")
+                out.append("non-finite loss" + (f" ({self.loss[i]}: diverged)" if math.isinf(self.loss[i]) else ""))
             elif self.loss[i] <= 0:
                 out.append("non-positive loss")
             elif not (math.isfinite(self.params[i]) and self.params[i] > 0):

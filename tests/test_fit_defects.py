@@ -1,0 +1,71 @@
+"""Regressions for the defects a new user found in `fit` (REPORT-fit-tester): each test failed before its fix."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+
+from isoflop.fit import FitTable, fit_sweep
+from isoflop.fit.report import _parametric_check, _predictions
+from isoflop.fit.simulate import LAWS, draw_sweep
+
+
+def test_two_budgets_give_no_loss_interval_and_say_why():
+    # a pure power law through 2 minima extrapolates far too low with a narrow interval (0/20 coverage)
+    t = draw_sweep(LAWS[0], np.random.default_rng(3), noise=0.005, budgets=np.array([1e18, 1e19]))
+    rep = fit_sweep(t, bootstrap=100, predict=[1e23])
+    p = rep.predictions[0]
+    assert p.loss_opt_ci is None and p.loss_opt_flag.startswith("too_few_budgets")
+    assert p.n_opt_ci is not None                     # N_opt still has its interval
+    j = json.loads(json.dumps(rep.to_json()))
+    assert j["predictions"][0]["loss_opt_flag"].startswith("too_few_budgets")
+    assert j["parametric"] == [] and j["parametric_reason"].startswith("too_few_budgets")
+    assert "parametric_check" in j and j["parametric_check"] is None
+
+
+def test_json_has_the_parametric_keys_without_a_parametric_fit():
+    t = draw_sweep(LAWS[0], np.random.default_rng(3), noise=0.005)
+    j = fit_sweep(t, bootstrap=0, parametric=None).to_json()
+    assert j["parametric"] == [] and "none" in j["parametric_reason"] and j["parametric_check"] is None
+
+
+def test_an_inf_loss_is_a_diverged_run_not_an_error(tmp_path):
+    from isoflop.fit import read_csv
+
+    t = draw_sweep(LAWS[0], np.random.default_rng(4), noise=0.005)
+    lines = ["params,tokens,loss,budget"] + [f"{n},{d},{y},{c}" for n, d, y, c in
+                                             zip(t.params, t.tokens, t.loss, t.budget)]
+    lines[3] = lines[3].rsplit(",", 2)[0] + ",inf," + lines[3].rsplit(",", 1)[1]
+    lines[5] = lines[5].rsplit(",", 2)[0] + ",nan," + lines[5].rsplit(",", 1)[1]
+    (tmp_path / "div.csv").write_text("\n".join(lines) + "\n")
+    rep = fit_sweep(read_csv(tmp_path / "div.csv"), bootstrap=0)
+    reasons = sorted(e.reason for e in rep.excluded)
+    assert len(reasons) == 2 and all(r.startswith("non-finite loss") for r in reasons)
+    assert any("diverged" in r for r in reasons) and rep.frontier is not None
+
+
+def test_a_parametric_fit_whose_floor_is_above_a_measured_minimum_is_not_used():
+    t = draw_sweep(LAWS[0], np.random.default_rng(5), noise=0.005)
+    rep = fit_sweep(t, bootstrap=100, predict=[1e21])
+    assert rep.parametric_check.used      # the honest fit passes
+    sel = [i for i, u in enumerate(rep.used) if u]
+    lowest = min(rep.budgets[i].loss_opt for i in sel)
+    bad = replace(rep.parametric[0], E=lowest + 0.01)
+    chk = _parametric_check(bad, rep.parametric_draws, rep.budgets, sel, rep.bootstrap)
+    assert not chk.used and "above the measured L_opt" in chk.reason
+    p = _predictions(rep.frontier, rep.samples, [1e21], (bad,), rep.parametric_draws, chk)[0]
+    assert p.parametric_used is False and not p.loss_opt_model.startswith("parametric")
+    assert p.loss_opt_ci[0] <= p.loss_opt <= p.loss_opt_ci[1]
+
+
+def test_every_printed_loss_prediction_lies_inside_its_interval():
+    for seed in range(3):
+        t = draw_sweep(LAWS[seed], np.random.default_rng(seed), noise=0.005)
+        rep = fit_sweep(t, bootstrap=60, predict=[1e20, 1e25, 1e28])
+        for p in rep.predictions:
+            assert p.loss_opt_ci[0] <= p.loss_opt <= p.loss_opt_ci[1]
+            if p.loss_opt_parametric_ci is not None:
+                lo, hi = p.loss_opt_parametric_ci
+                assert lo <= p.loss_opt_parametric <= hi
