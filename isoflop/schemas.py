@@ -53,6 +53,26 @@ class RunFile(BaseModel):
         return self.model_dump(mode="json")
 
 
+def read_run_json(run_dir: Path) -> dict[str, Any]:
+    """A run folder's run.json, checked against `RunFile` (as written: extra keys kept); a
+    ValueError of one line naming the file and the field when it is missing or unusable."""
+    p = Path(run_dir) / RUN_JSON
+    try:
+        obj = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{p}: not found (the dispatcher writes it before the job starts)") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{p}: unreadable: {e}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{p}: must hold a JSON object")
+    try:
+        RunFile.model_validate(obj)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ValueError(f"{p}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    return obj
+
+
 class Result(BaseModel):
     """`result.json`: the final outcome of a run's training. `step` is the step its loss comes
     from; a loss from before `planned_steps` is stale (an evaluation that did not happen at the

@@ -28,14 +28,11 @@ from ..atomic import write_json_atomic
 from ..errors import UserError
 from ..yamlio import load_data
 from ..schemas import Result, check_result, classify
-from .files import tail
 from ..state import ResultKind
+from .files import METRICS, RESULT, tail
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates" / "commands"
 
-RESULT_NAME = "result.json"
-METRICS_NAME = "metrics.jsonl"
-RUN_JSON = "run.json"
 CHECKPOINT_DIR = "checkpoint"  # external commands' checkpoint folder under RUN_DIR
 BUILTIN_CHECKPOINT = "checkpoint.pt"  # the built-in trainer's
 LOG_PREFIX = "[isoflop] "  # lines the runner itself writes into the attempt log
@@ -266,19 +263,19 @@ class RunPaths:
 
     @property
     def result(self) -> Path:  # what $ISOFLOP_RESULT names
-        return self.run_dir / (RESULT_NAME if self.native else f"attempt-{self.attempt}.result.json")
+        return self.run_dir / (RESULT if self.native else f"attempt-{self.attempt}.result.json")
 
     @property
     def script_metrics(self) -> Path:  # what $ISOFLOP_METRICS names
-        return self.run_dir / (METRICS_NAME if self.native else f"attempt-{self.attempt}.metrics.jsonl")
+        return self.run_dir / (METRICS if self.native else f"attempt-{self.attempt}.metrics.jsonl")
 
     @property
     def metrics(self) -> Path:
-        return self.run_dir / METRICS_NAME
+        return self.run_dir / METRICS
 
     @property
     def normalized_result(self) -> Path:
-        return self.run_dir / RESULT_NAME
+        return self.run_dir / RESULT
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -445,6 +442,12 @@ def _num(v: Any) -> Optional[float]:
 
 def _finite_or_none(v: Optional[float]) -> Optional[float]:
     return v if v is not None and math.isfinite(v) else None
+
+
+def _int_or(v: Any, default: Optional[int]) -> Optional[int]:
+    """A reported count (step, tokens) as int; `default` when absent or not a finite number."""
+    x = _finite_or_none(_num(v))
+    return default if x is None else int(x)
 
 
 def _log_lines(log_path: Path) -> Iterator[str]:
@@ -638,65 +641,62 @@ def _normalize(definition: dict, raw: dict[str, Any], *, source: str, attempt: i
                wall_s: Optional[float], template: CommandTemplate,
                pump: Optional[ProgressPump]) -> tuple[Optional[dict], Optional[str]]:
     """(normalized result, None) or (None, why the raw result is unusable)."""
-    loss = _num(raw.get("loss"))
     val = _num(raw.get("val_loss"))
-    if val is None:
-        val = loss
-    diverged_flag = raw.get("diverged") is True
-    if val is None and not diverged_flag:
+    val = _num(raw.get("loss")) if val is None else val
+    diverged = raw.get("diverged") is True
+    if val is None and not diverged:
         what = "$ISOFLOP_RESULT" if source == "result_file" else "result_regex"
         return None, f"{what} gave no numeric 'loss' (got {raw.get('loss', raw.get('val_loss'))!r})"
     train = _num(raw.get("train_loss"))
-    if train is None and pump is not None:
-        train = pump.last_train_loss
-    planned_steps = int(definition.get("steps") or 0)
-    batch_tokens = int(definition.get("batch_tokens") or 0)
-    steps = _num(raw.get("steps", raw.get("step")))
-    steps_i = int(steps) if steps is not None and math.isfinite(steps) else planned_steps
-    tokens = _num(raw.get("tokens"))
-    if tokens is not None and math.isfinite(tokens):
-        tokens_i = int(tokens)
-    elif steps is not None and batch_tokens:
-        tokens_i = steps_i * batch_tokens
-    else:
-        tokens_i = int(definition.get("tokens") or steps_i * batch_tokens)
-    diverged = diverged_flag or not (val is not None and math.isfinite(val))
-    diverged_step = None
-    if diverged:
-        ds = _num(raw.get("diverged_step"))
-        if ds is not None and math.isfinite(ds):
-            diverged_step = int(ds)
-        elif pump is not None and pump.nonfinite_step is not None:
-            diverged_step = pump.nonfinite_step
-        else:
-            diverged_step = steps_i
-    flops = _num(raw.get("flops", raw.get("measured_flops")))
-    script_wall = _num(raw.get("wall_s"))
+    train = pump.last_train_loss if train is None and pump is not None else train
+    planned_steps, batch_tokens = int(definition.get("steps") or 0), int(definition.get("batch_tokens") or 0)
+    step = _int_or(raw.get("steps", raw.get("step")), planned_steps)
+    stepped = _num(raw.get("steps", raw.get("step"))) is not None and batch_tokens
+    tokens = _int_or(raw.get("tokens"), step * batch_tokens if stepped else int(definition.get("tokens") or step * batch_tokens))
+    diverged = diverged or _finite_or_none(val) is None
+    nonfinite = pump.nonfinite_step if pump is not None and pump.nonfinite_step is not None else step
+    script_wall = _finite_or_none(_num(raw.get("wall_s")))
     result = {
-        "run_id": definition.get("run_id"),
-        "sweep": definition.get("sweep"),
-        "budget": definition.get("budget"),
-        "status": "diverged" if diverged else "ok",
-        "val_loss": None if diverged else val,
-        "train_loss": _finite_or_none(train),
-        "tokens": tokens_i,
-        "step": steps_i,  # the step its loss is from: before planned_steps it is stale
-        "steps": steps_i,
-        "planned_steps": planned_steps,
-        "planned_tokens": definition.get("tokens"),
-        "measured_flops": _finite_or_none(flops),
+        "run_id": definition.get("run_id"), "sweep": definition.get("sweep"), "budget": definition.get("budget"),
+        "status": "diverged" if diverged else "ok", "val_loss": None if diverged else val,
+        "train_loss": _finite_or_none(train), "tokens": tokens,
+        "step": step, "steps": step,  # the step its loss is from: before planned_steps it is stale
+        "planned_steps": planned_steps, "planned_tokens": definition.get("tokens"),
+        "measured_flops": _finite_or_none(_num(raw.get("flops", raw.get("measured_flops")))),
         "lr": float(definition.get("lr") or 0.0) * float(definition.get("lr_scale") or 1.0),
-        "wall_s": script_wall if script_wall is not None and math.isfinite(script_wall) else wall_s,
-        "diverged": diverged,
-        "diverged_step": diverged_step,
-        "source": source,
-        "trainer": template.name,
-        "attempt": attempt,
-        "exit_code": exit_code,
+        "wall_s": wall_s if script_wall is None else script_wall,
+        "diverged": diverged, "diverged_step": _int_or(raw.get("diverged_step"), nonfinite) if diverged else None,
+        "source": source, "trainer": template.name, "attempt": attempt, "exit_code": exit_code,
         "reported": {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in raw.items()},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     return Result.model_validate(result).to_json(), None
+
+
+def _command_result(definition: dict, t: CommandTemplate, paths: RunPaths, log_path: Path, *, attempt: int,
+                    exit_code: int, wall_s: Optional[float], pump: Optional[ProgressPump]
+                    ) -> tuple[Optional[dict], Optional[str]]:
+    """(the result the command left, normalized; None and why there is none that can be used)."""
+    if t.native:
+        check = check_result(paths.normalized_result, run_id=definition.get("run_id"),
+                             planned_steps=definition.get("steps"))
+        if check.kind == ResultKind.ABSENT:
+            return None, f"{paths.normalized_result.name} was not written"
+        if check.result is None:
+            return None, f"{paths.normalized_result.name} is unusable: {check.reason}"
+        return check.result.to_json(), None
+    raw, problem = _read_script_result(paths.result)
+    source = "result_file"
+    if raw is None and problem is None and t.result_regex:
+        raw, source = parse_result_regex(t.result_regex, log_path), "log_regex"
+    if raw is not None:
+        return _normalize(definition, raw, source=source, attempt=attempt, exit_code=exit_code,
+                          wall_s=wall_s, template=t, pump=pump)
+    if problem is None:
+        regex = (f"result_regex {t.result_regex!r} matched nothing in {log_path.name}" if t.result_regex
+                 else "the template declares no result_regex")
+        problem = f"no $ISOFLOP_RESULT file ({paths.result.name}); {regex}"
+    return None, problem
 
 
 def collect_result(definition: dict, run_dir: Path, exit_code: int, log_path: Optional[Path] = None, *,
@@ -707,8 +707,8 @@ def collect_result(definition: dict, run_dir: Path, exit_code: int, log_path: Op
     normalized RUN_DIR/result.json (atomically). `interrupted` is the signal forwarded to the
     command, if any. Rules: exit 3, death by a preemption signal, or an interrupted command
     without a result -> preempted; exit 0 with a result -> completed (diverged when the loss is
-    not finite or the result says so); exit 0 without a readable result -> failed; any other
-    exit -> failed, with the exit code and the last log line."""
+    not finite or the result says so; failed when it is stale); exit 0 without a readable result
+    -> failed; any other exit -> failed, with the exit code and the last log line."""
     t = template or template_of(definition)
     if attempt is None:
         m = re.fullmatch(r"attempt-(\d+)\.log", Path(log_path).name) if log_path else None
@@ -719,64 +719,35 @@ def collect_result(definition: dict, run_dir: Path, exit_code: int, log_path: Op
         pump = ProgressPump(definition, paths, t)
     if pump is not None:
         pump.pump()
+    result, problem = _command_result(definition, t, paths, log_path, attempt=attempt, exit_code=exit_code,
+                                      wall_s=wall_s, pump=pump)
     died = _died_of(exit_code)
-    tail = last_log_line(log_path)
 
     def preempted(why: str) -> Outcome:
         if not t.resumable:
             why += f"; template {t.name!r} cannot resume: the next attempt restarts from scratch"
         return Outcome("preempted", why, None, exit_code)
 
-    # ---- read what the command left
-    result: Optional[dict] = None
-    problem: Optional[str] = None
-    if t.native:
-        check = check_result(paths.normalized_result, run_id=definition.get("run_id"),
-                             planned_steps=definition.get("steps"))
-        if check.kind == ResultKind.ABSENT:
-            problem = f"{paths.normalized_result.name} was not written"
-        elif check.result is None:
-            problem = f"{paths.normalized_result.name} is unusable: {check.reason}"
-        else:
-            result = check.result.to_json()
-    else:
-        raw, problem = _read_script_result(paths.result)
-        source = "result_file"
-        if raw is None and problem is None and t.result_regex:
-            raw = parse_result_regex(t.result_regex, log_path)
-            source = "log_regex"
-        if raw is not None:
-            result, problem = _normalize(definition, raw, source=source, attempt=attempt, exit_code=exit_code,
-                                         wall_s=wall_s, template=t, pump=pump)
-        elif problem is None:
-            where = [f"no $ISOFLOP_RESULT file ({paths.result.name})"]
-            if t.result_regex:
-                where.append(f"result_regex {t.result_regex!r} matched nothing in {log_path.name}")
-            else:
-                where.append("the template declares no result_regex")
-            problem = "; ".join(where)
-
-    # ---- classify
     if exit_code == EXIT_PREEMPTED:
         return preempted("exit code 3" + (f" after {_signal_name(interrupted)}" if interrupted else ""))
     if died in PREEMPT_SIGNALS or (died is not None and interrupted):
         return preempted(f"stopped by {_signal_name(died)} (exit code {exit_code})")
+    if exit_code != 0 and interrupted:
+        return preempted(f"interrupted by {_signal_name(interrupted)}; exit code {exit_code}")
     if exit_code != 0:
-        if interrupted:
-            return preempted(f"interrupted by {_signal_name(interrupted)}; exit code {exit_code}")
         why = f"exit code {exit_code}"
         if died is not None:
             why += f" (killed by {_signal_name(died)}{', out of memory?' if died == signal.SIGKILL else ''})"
         if result is not None:
             why += "; a result was written but the command did not exit 0"
-        return Outcome("failed", why + (f": {tail}" if tail else ""), None, exit_code)
+        tail_line = last_log_line(log_path)
+        return Outcome("failed", why + (f": {tail_line}" if tail_line else ""), None, exit_code)
+    if result is None and interrupted:
+        return preempted(f"interrupted by {_signal_name(interrupted)}; exited 0 without a result")
     if result is None:
-        if interrupted:
-            return preempted(f"interrupted by {_signal_name(interrupted)}; exited 0 without a result")
         return Outcome("failed", f"exited 0 without a readable result: {problem}", None, exit_code)
     if not t.native:
-        if moved_aside:
-            result["moved_aside"] = moved_aside
+        result.update({"moved_aside": moved_aside} if moved_aside else {})
         write_json_atomic(paths.normalized_result, result)
     check = classify(Result.model_validate(result), planned_steps=definition.get("steps"))
     if check.kind == ResultKind.STALE:  # kept in result.json for the record; sync sets it aside

@@ -24,12 +24,10 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-from pydantic import ValidationError
-
 from ..atomic import write_json_atomic
-from ..schemas import RunFile
+from ..schemas import read_run_json
 from .command import (
-    LOG_PREFIX, RUN_JSON, CommandTemplate, Outcome, ProgressPump, collect_result, job_environment,
+    LOG_PREFIX, CommandTemplate, Outcome, ProgressPump, collect_result, job_environment,
     load_template, paths_for, render_command, render_cwd,
 )
 from .files import move_aside
@@ -40,24 +38,6 @@ __all__ = ["Outcome", "CommandRun", "run_to_end", "forward_signals", "read_run_j
 POLL_S = 0.2  # how often wait() checks the process
 PUMP_S = 1.0  # how often progress is copied into metrics.jsonl
 DRAIN_S = 30.0  # after the leader exits, how long to wait for the rest of its process group
-
-
-def read_run_json(run_dir: Path) -> dict:
-    p = Path(run_dir) / RUN_JSON
-    try:
-        obj = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{p}: not found (the dispatcher writes it before the job starts)") from None
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{p}: unreadable: {e}") from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"{p}: must hold a JSON object")
-    try:
-        RunFile.model_validate(obj)
-    except ValidationError as e:  # one line, naming the field
-        err = e.errors()[0]
-        raise ValueError(f"{p}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
-    return obj
 
 
 def _shell() -> list[str]:

@@ -12,6 +12,7 @@ are bulk queries over columns (no ORM objects), and neither torch nor submitit i
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -67,14 +68,10 @@ class RunStatus(NamedTuple):
         return max(0.0, (self.tokens - (self.tokens_done or 0)) / self.tokens_per_s)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id, "budget": self.budget, "point": self.point, "params": self.params,
-            "state": self.state, "reason": self.reason, "attempt": self.attempt, "job_id": self.job_id,
-            "step": self.step_done, "steps": self.steps, "tokens_done": self.tokens_done, "tokens": self.tokens,
-            "progress": round(self.progress, 4), "tokens_per_s": self.tokens_per_s, "eta_s": self.eta_s,
-            "val_loss": self.val_loss, "train_loss": self.train_loss, "lr_scale": self.lr_scale,
-            **({"log_tail": list(self.log_tail)} if self.log_tail else {}),
-        }
+        d = self._asdict()
+        d["step"], tail = d.pop("step_done"), d.pop("log_tail")
+        return {**d, "progress": round(self.progress, 4), "eta_s": self.eta_s,
+                **({"log_tail": list(tail)} if tail else {})}
 
 
 @dataclass(frozen=True)
@@ -247,41 +244,30 @@ def read_status(engine: Engine, sweep_name: str, *, scheduler: str = "none", cha
         att = (select(Attempt.run_pk, Attempt.number, Attempt.job_id, Attempt.stderr)
                .join(last, (last.c.run_pk == Attempt.run_pk) & (last.c.n == Attempt.number)))
         attempts = {a.run_pk: a for a in s.execute(att)}
-        rows = s.execute(
+        rows = s.execute(  # the columns of RunStatus, by name
             select(Run.id, Run.run_id, Run.budget, Run.point, Run.params, Run.state, Run.reason, Run.step_done,
                    Run.steps, Run.tokens_done, Run.tokens, Run.tokens_per_s, Run.val_loss, Run.train_loss,
-                   Run.lr_scale)
+                   func.coalesce(Run.lr_scale, 1.0).label("lr_scale"))
             .where(Run.sweep_id == sw.id, Run.state != "superseded")
             .order_by(Run.budget, Run.point, Run.lr_mult, Run.batch_mult, Run.seed)
         ).all()
     runs = []
-    for r in rows:
-        a = attempts.get(r.id)
-        tail: tuple[str, ...] = ()
-        if a is not None and a.stderr and r.state in ("failed", "lost"):
-            tail = tuple(a.stderr.splitlines()[-LOG_TAIL_LINES:])
-        runs.append(RunStatus(
-            run_id=r.run_id, budget=r.budget, point=r.point, params=r.params, state=r.state, reason=r.reason,
-            attempt=a.number if a else None, job_id=a.job_id if a else None, step_done=r.step_done,
-            steps=r.steps, tokens_done=r.tokens_done, tokens=r.tokens, tokens_per_s=r.tokens_per_s,
-            val_loss=r.val_loss, train_loss=r.train_loss, lr_scale=r.lr_scale or 1.0, log_tail=tail,
-        ))
-    counts: dict[str, int] = {}
+    for pk, *cols in rows:
+        a = attempts.get(pk)
+        tail = a.stderr.splitlines()[-LOG_TAIL_LINES:] if a and a.stderr and cols[4] in ("failed", "lost") else ()
+        runs.append(RunStatus(*cols[:6], a and a.number, a and a.job_id, *cols[6:], tuple(tail)))
     by_budget: dict[float, list[RunStatus]] = {}
     for r in runs:
-        counts[r.state] = counts.get(r.state, 0) + 1
         by_budget.setdefault(r.budget, []).append(r)
     budgets = []
     for b, rs in by_budget.items():
-        c: dict[str, int] = {}
-        for r in rs:
-            c[r.state] = c.get(r.state, 0) + 1
         waiting = any(r.state in ("planned", "submitting", "queued") for r in rs)
         etas = [r.eta_s for r in rs if r.eta_s is not None]
         budgets.append(BudgetStatus(
-            budget=b, counts=c, runs=len(rs), progress=sum(r.progress for r in rs) / len(rs),
-            eta_s=max(etas) if etas and not waiting else None,
+            budget=b, counts=dict(Counter(r.state for r in rs)), runs=len(rs),
+            progress=sum(r.progress for r in rs) / len(rs), eta_s=max(etas) if etas and not waiting else None,
         ))
+    counts = dict(Counter(r.state for r in runs))
     return SweepStatus(sweep=sweep_name, runs=tuple(runs), budgets=tuple(budgets), counts=counts,
                        scheduler=scheduler, changed=changed, warnings=tuple(warnings))
 
