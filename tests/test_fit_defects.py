@@ -69,3 +69,47 @@ def test_every_printed_loss_prediction_lies_inside_its_interval():
             if p.loss_opt_parametric_ci is not None:
                 lo, hi = p.loss_opt_parametric_ci
                 assert lo <= p.loss_opt_parametric <= hi
+
+
+def _ids(t: FitTable) -> FitTable:
+    return FitTable(budget=t.budget, params=t.params, tokens=t.tokens, loss=t.loss,
+                    run_id=[f"run-{i}" for i in range(len(t))])
+
+
+def _named(kind: str, jump: float, sweeps: int = 16) -> tuple[int, int]:
+    """(sweeps where the bad run is named, other runs named) over synthetic sweeps at noise 0.005."""
+    hits = wrong = 0
+    for seed in range(sweeps):
+        law = LAWS[seed % len(LAWS)]
+        t = _ids(draw_sweep(law, np.random.default_rng(seed), noise=0.005))
+        c = np.unique(t.budget)[2]
+        rows = np.flatnonzero(t.budget == c)
+        if kind == "min":
+            j = rows[int(np.argmin(np.abs(np.log(t.params[rows] / law.n_opt(c)))))]
+        else:
+            j = rows[-1] if seed % 2 else rows[0]
+        y = t.loss.copy()
+        y[j] += jump
+        rep = fit_sweep(FitTable(budget=t.budget, params=t.params, tokens=t.tokens, loss=y, run_id=t.run_id),
+                        bootstrap=0, parametric=None)
+        names = [o.run_id for o in rep.outliers]
+        hits += f"run-{j}" in names
+        wrong += sum(n != f"run-{j}" for n in names)
+    return hits, wrong
+
+
+def test_a_run_far_below_its_neighbours_is_named():
+    # before: only runs above the chord of their neighbours were tested (0/16 named)
+    hits, wrong = _named("min", -0.08)
+    assert hits >= 8 and wrong <= 1, (hits, wrong)
+
+
+def test_a_run_off_at_either_end_of_the_grid_is_named():
+    # before: ends were never tested (0/16); a low end run got its neighbour named instead (16/16 wrong)
+    for jump in (0.3, -0.3):
+        hits, wrong = _named("end", jump)
+        assert hits >= 11 and wrong <= 1, (jump, hits, wrong)
+
+
+def test_clean_sweeps_have_no_outliers():
+    assert _named("min", 0.0) == (0, 0)
