@@ -544,7 +544,7 @@ def _parse_window(window: str) -> int | None:
 def fit(
     sweep: Optional[str] = typer.Argument(None, help="sweep name in the store (or use --csv)"),
     csv: Optional[Path] = typer.Option(None, "--csv", help="fit results from elsewhere: columns params,tokens,loss[,flops,budget]"),
-    window: str = typer.Option("5", "--window", help="sizes around the lowest loss that the parabola fits, or 'all'"),
+    window: str = typer.Option("5", "--window", help="with --minimizer parabola: sizes around the lowest loss it fits, or 'all' (refused with akima)"),
     minimizer: str = typer.Option("akima", "--minimizer", help="akima (default; see README) | parabola"),
     keep_flagged: bool = typer.Option(False, "--keep-flagged", help="let flagged budgets into the frontier"),
     bootstrap: int = typer.Option(1000, "--bootstrap", help="resamples for the intervals (0: none)"),
@@ -552,10 +552,11 @@ def fit(
     predict: List[float] = typer.Option([], "--predict", help="a budget C to predict N_opt, D_opt, L_opt at (repeatable)"),
     holdout_top: int = typer.Option(0, "--holdout-top", help="backtest: fit without the top K budgets, predict them"),
     method: str = typer.Option("auto", "--method", help="fit L(N,D) = E + A/N^a + B/D^b: auto (lse with >= 3 budgets) | lse | varpro | all | none"),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="write the IsoFLOP and frontier plots (.png/.svg/.pdf)"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="write the IsoFLOP and frontier plots: X.png gives X-isoflops.png and X-frontier.png (.png/.svg/.pdf)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
-    """Fit per-budget parabolas and the compute-optimal frontier, with bootstrap intervals."""
+    """Fit each budget's IsoFLOP minimum (Akima spline by default) and the compute-optimal frontier, with
+    seed-noise bootstrap intervals and predictions at new budgets."""
     if (sweep is None) == (csv is None):
         fail("give either a SWEEP name or --csv FILE")
     if minimizer not in ("parabola", "akima"):
@@ -564,12 +565,16 @@ def fit(
         fail(f"--method must be auto, lse, varpro, all or none, got {method!r}")
     if bootstrap < 0 or holdout_top < 0:
         fail("--bootstrap and --holdout-top must be >= 0")
+    if 0 < bootstrap < 20:
+        fail(f"--bootstrap {bootstrap} is too few for a 5–95% interval: give at least 20 (default 1000), or 0 for none")
     for c in predict:
         _positive("--predict", c)
     _check(0 <= seed < 2**32, "--seed", seed, "within [0, 2^32)")
     if plot is not None:
         _check(plot.suffix.lower() in (".png", ".svg", ".pdf"), "--plot", str(plot), "a .png, .svg or .pdf file")
     k = _parse_window(window)
+    if minimizer == "akima" and window != "5":
+        fail(f"--window {window} applies to --minimizer parabola; the Akima minimizer (default) uses every size")
     from .fit import FitTable, fit_sweep
 
     spec = curves = None

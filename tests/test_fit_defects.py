@@ -113,3 +113,54 @@ def test_a_run_off_at_either_end_of_the_grid_is_named():
 
 def test_clean_sweeps_have_no_outliers():
     assert _named("min", 0.0) == (0, 0)
+
+
+def test_all_equal_losses_are_flagged_flat_with_the_right_advice():
+    from isoflop.fit.isoflop import FLAG_ADVICE
+
+    t = draw_sweep(LAWS[0], np.random.default_rng(6), noise=0.005)
+    y = t.loss.copy()
+    y[t.budget == np.unique(t.budget)[1]] = 3.95          # a logging bug: every size reads the same
+    rep = fit_sweep(FitTable(budget=t.budget, params=t.params, tokens=t.tokens, loss=y), bootstrap=0)
+    f = rep.budgets[1]
+    assert f.flags == ("flat",) and not rep.used[1]        # before: vertex_out_of_range, "move the grid's centre"
+    assert "logged" in FLAG_ADVICE["flat"][1]
+    assert all(not b.flags for i, b in enumerate(rep.budgets) if i != 1)
+
+
+def test_too_few_resamples_give_no_interval():
+    from isoflop.fit.bootstrap import interval
+
+    assert interval(np.arange(19.0)) is None and interval(np.arange(20.0)) is not None
+    t = draw_sweep(LAWS[0], np.random.default_rng(7), noise=0.005)
+    rep = fit_sweep(t, bootstrap=1, predict=[1e20])
+    assert rep.frontier.params.exponent_ci is None and rep.predictions[0].n_opt_ci is None
+
+
+def _csv(path, table):
+    lines = ["params,tokens,loss,budget"] + [f"{n},{d},{y},{c}" for n, d, y, c in
+                                             zip(table.params, table.tokens, table.loss, table.budget)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_cli_refuses_a_tiny_bootstrap_and_a_window_the_minimizer_ignores(tmp_path):
+    from .test_cli_plan import isoflop
+
+    f = _csv(tmp_path / "s.csv", draw_sweep(LAWS[0], np.random.default_rng(8), noise=0.005))
+    for args, expect in ((("--bootstrap", "1"), "at least 20"), (("--window", "7"), "--minimizer parabola")):
+        p = isoflop("fit", "--csv", str(f), *args, cwd=tmp_path, check=False)
+        assert p.returncode != 0 and len(p.stderr.strip().splitlines()) == 1 and expect in p.stderr, p.stderr
+    h = isoflop("fit", "--help", cwd=tmp_path)
+    assert "parabolas" not in h.stdout and "Akima" in h.stdout
+
+
+def test_cli_prints_what_each_flag_means(tmp_path):
+    from .test_cli_plan import isoflop
+
+    t = draw_sweep(LAWS[0], np.random.default_rng(6), noise=0.005)
+    y = t.loss.copy()
+    y[t.budget == np.unique(t.budget)[1]] = 3.95
+    f = _csv(tmp_path / "flat.csv", FitTable(budget=t.budget, params=t.params, tokens=t.tokens, loss=y))
+    out = isoflop("fit", "--csv", str(f), "--bootstrap", "0", "--method", "none", cwd=tmp_path).stdout
+    assert "flat: every size has the same loss" in " ".join(out.split())

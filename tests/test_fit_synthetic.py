@@ -120,7 +120,7 @@ def test_failed_diverged_nan_runs_never_enter_the_fit():
     assert report.frontier.params.exponent_ci == clean.frontier.params.exponent_ci
     reasons = {e.run_id: e.reason for e in report.excluded}
     assert reasons == {"fail": "failed: OOM", "div": "diverged", "nan": "non-finite loss",
-                       "inf": "non-finite loss", "lost": "lost"}
+                       "inf": "non-finite loss (inf: diverged)", "lost": "lost"}
     assert all(e.budget == c for e in report.excluded)
 
 

@@ -220,11 +220,17 @@ def frontier_samples(bv: BootstrapVertices, columns: np.ndarray | None = None) -
                            loss_E=le, loss_k=lk, loss_gamma=lg, loss_c0=c0)
 
 
+#: fewer finite samples than this give no interval: a 5–95% interval of fewer than 20 draws has less than
+#: one draw in each tail (`--bootstrap 1` printed "E = 1.678 (1.688 – 1.688)")
+MIN_INTERVAL_SAMPLES = 20
+
+
 def interval(samples: np.ndarray, lo: float = 5.0, hi: float = 95.0) -> tuple[float, float, float] | None:
-    """(median, lo-percentile, hi-percentile) over finite samples; None when there are none."""
+    """(median, lo-percentile, hi-percentile) over finite samples; None when there are fewer than
+    MIN_INTERVAL_SAMPLES."""
     s = np.asarray(samples, dtype=float)
     s = s[np.isfinite(s)]
-    if s.size == 0:
+    if s.size < MIN_INTERVAL_SAMPLES:
         return None
     med, a, b = np.percentile(s, [50.0, lo, hi])
     return float(med), float(a), float(b)

@@ -46,6 +46,9 @@ out of the frontier):
   mean: a spline overshoot between near sizes (−685 on Epoch's points at
   6e19) or a parabola missing a steep profile, never a minimum. Never
   enters a frontier, even with keep_flagged.
+- ``flat``: every size's mean loss within 2 noise standard errors of the
+  others (exactly equal when the noise is unknown): no minimum to find.
+  Never enters a frontier.
 - ``vertex_near_edge``: N_opt within one grid step (the median spacing of
   the budget's sampled ln N) of the smallest or largest sampled N.
 """
@@ -62,9 +65,23 @@ NOT_CONVEX = "not_convex"
 VERTEX_OUT_OF_RANGE = "vertex_out_of_range"
 VERTEX_NEAR_EDGE = "vertex_near_edge"
 LOSS_OUT_OF_RANGE = "loss_out_of_range"
-FLAGS = (TOO_FEW_POINTS, NOT_CONVEX, VERTEX_OUT_OF_RANGE, LOSS_OUT_OF_RANGE, VERTEX_NEAR_EDGE)
+FLAT = "flat"
+FLAGS = (TOO_FEW_POINTS, NOT_CONVEX, VERTEX_OUT_OF_RANGE, LOSS_OUT_OF_RANGE, VERTEX_NEAR_EDGE, FLAT)
 #: flags whose budgets have no usable vertex; never used, even with keep_flagged
-FATAL_FLAGS = frozenset({TOO_FEW_POINTS, NOT_CONVEX, LOSS_OUT_OF_RANGE})
+FATAL_FLAGS = frozenset({TOO_FEW_POINTS, NOT_CONVEX, LOSS_OUT_OF_RANGE, FLAT})
+#: per flag: (what it means, what to do); printed under the budgets table and in the README
+FLAG_ADVICE = {
+    TOO_FEW_POINTS: ("fewer than 3 usable sizes", "rerun the failed runs (isoflop retry)"),
+    NOT_CONVEX: ("the profile has no minimum (parabola curvature ≤ 0)", "widen the span; look at the outliers"),
+    VERTEX_OUT_OF_RANGE: ("the minimum lies outside the sampled N (or the lowest loss is at an end)",
+                          "move the grid's centre toward it"),
+    LOSS_OUT_OF_RANGE: ("L_opt below any convex profile through the points (by > 6σ), or above them",
+                        "add sizes near the minimum; use the other minimizer"),
+    VERTEX_NEAR_EDGE: ("the minimum is within one grid step of the smallest/largest N",
+                       "add sizes on that side (or --keep-flagged to use it)"),
+    FLAT: ("every size has the same loss within the noise: no minimum to find",
+           "check the losses were logged per run; else widen the span"),
+}
 MINIMIZERS = ("parabola", "akima")
 
 
@@ -238,6 +255,12 @@ def fit_budget(params: np.ndarray, loss: np.ndarray, budget: float, *, window: i
     if n_sizes < 3:
         return IsoflopFit(n_opt=nan, d_opt=nan, loss_opt=nan, points_used=int(len(x_all)), in_range=False,
                           flags=(TOO_FEW_POINTS,), coefficients=None, x0=nan, **base)
+    # all sizes equal within the noise (a logging bug, or a span far too narrow): any "minimum" is noise
+    spread = float(means.max() - means.min())
+    if spread <= (2.0 * float(noise) / math.sqrt(float(counts.min())) if np.isfinite(noise) and noise > 0
+                  else 1e-9 * max(1.0, abs(float(means.min())))):
+        return IsoflopFit(n_opt=nan, d_opt=nan, loss_opt=float(means.min()), points_used=int(len(x_all)),
+                          in_range=False, flags=(FLAT,), coefficients=None, x0=nan, **base)
     # how low may a minimum lie? A convex profile never dips below the extensions of its neighbouring
     # secants (`convex_floor`); noise moves those lines by a few σ. A spline overshoot (−685 on Epoch's
     # near-duplicate sizes) falls far below; a real minimum between two sparse sizes does not.

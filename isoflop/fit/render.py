@@ -65,6 +65,11 @@ def render_report(report: FitReport, console: Any) -> None:
                   f"{f.points_used}/{f.points}", "yes" if used else "no",
                   ", ".join(f.flags) if f.flags else "", style=style)
     console.print(t)
+    from .isoflop import FLAG_ADVICE
+
+    for flag in sorted({fl for f in report.budgets for fl in f.flags}):
+        meaning, advice = FLAG_ADVICE.get(flag, ("", ""))
+        console.print(f"  [dim]{flag}[/dim]: {meaning} — {advice}")
     if report.outliers:
         console.print(f"[yellow]{len(report.outliers)} outlier run(s) left out of every fit:[/yellow]")
         for e in report.outliers:

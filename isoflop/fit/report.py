@@ -432,7 +432,7 @@ def fit_sweep(table: FitTable, *, window: int | str | None = 5, minimizer: str =
     frontier_reason = None
     if frontier is None:
         frontier_reason = (f"{sum(use)} usable budget(s) of {len(fits)}; the frontier needs at least 2"
-                           + ("" if not fits else " (flagged budgets are left out; keep_flagged=True to use them)"
+                           + ("" if not fits else " (flagged budgets are left out; --keep-flagged uses those with a minimum inside their sizes)"
                               if any(f.flags for f in fits) else ""))
     else:
         chosen = [f for f, u in zip(fits, use) if u]
