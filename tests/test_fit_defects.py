@@ -164,3 +164,20 @@ def test_cli_prints_what_each_flag_means(tmp_path):
     f = _csv(tmp_path / "flat.csv", FitTable(budget=t.budget, params=t.params, tokens=t.tokens, loss=y))
     out = isoflop("fit", "--csv", str(f), "--bootstrap", "0", "--method", "none", cwd=tmp_path).stdout
     assert "flat: every size has the same loss" in " ".join(out.split())
+
+
+def test_three_sizes_per_budget_give_a_frontier_and_a_noise_estimate():
+    # before: every well-centred budget was vertex_near_edge (100/100), σ "too few sizes", no frontier
+    t = draw_sweep(LAWS[0], np.random.default_rng(9), noise=0.005, sizes=3, span=np.log(2.0), offset=0.05)
+    rep = fit_sweep(t, bootstrap=100, predict=[1e20])
+    assert sum(rep.used) >= 4 and rep.frontier is not None
+    assert rep.noise.source == "parametric" and 0.002 < rep.noise.sigma < 0.02
+    assert rep.predictions[0].n_opt_ci is not None
+
+
+def test_messages_name_the_cli_option():
+    t = draw_sweep(LAWS[0], np.random.default_rng(10), noise=0.005, span=np.log(8.0))
+    t = t.subset(t.params > 1.3 * LAWS[0].n_opt(t.budget))     # every grid right of its optimum
+    rep = fit_sweep(t, bootstrap=0)
+    assert rep.frontier is None and "--keep-flagged" in rep.frontier_reason
+    assert "keep_flagged=True" not in rep.frontier_reason

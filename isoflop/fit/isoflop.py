@@ -50,7 +50,8 @@ out of the frontier):
   others (exactly equal when the noise is unknown): no minimum to find.
   Never enters a frontier.
 - ``vertex_near_edge``: N_opt within one grid step (the median spacing of
-  the budget's sampled ln N) of the smallest or largest sampled N.
+  the budget's sampled ln N), or a quarter of the sampled range if that is
+  less (grids of 3–4 sizes), of the smallest or largest sampled N.
 """
 from __future__ import annotations
 
@@ -160,7 +161,10 @@ def edge_flags(log_n_opt: float, x_min: float, x_max: float, step: float, *, at_
     in_range = bool(x_min <= log_n_opt <= x_max) and not at_edge
     if not in_range:
         flags.append(VERTEX_OUT_OF_RANGE)
-    elif math.isfinite(step) and (log_n_opt < x_min + step or log_n_opt > x_max - step):
+    # within one grid step of an end, or a quarter of the range on a grid of fewer than 5 sizes (on 3 sizes
+    # every interior point is within one step of an end: a well-centred minimum was flagged in 100/100)
+    elif math.isfinite(step) and (log_n_opt < x_min + (near := min(step, (x_max - x_min) / 4.0))
+                                  or log_n_opt > x_max - near):
         flags.append(VERTEX_NEAR_EDGE)
     return in_range, flags
 

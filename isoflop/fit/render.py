@@ -44,7 +44,8 @@ def render_report(report: FitReport, console: Any) -> None:
     if report.noise is not None:
         nz = report.noise
         src = {"seeds": "repeated seeds", "residuals": "residuals of neighbouring sizes",
-               "none": "too few sizes to estimate it: no intervals"}[nz.source]
+               "parametric": "residuals of one L(N, D) fit: too few sizes per budget for neighbours",
+               "none": "too few sizes or budgets to estimate it: no intervals"}[nz.source]
         console.print(f"noise per run σ = {_g(nz.sigma)} (from {src}, {nz.dof} degrees of freedom)")
     if boot:
         console.print("estimates: bootstrap median for N_opt, D_opt and exponents; the fit for L_opt "

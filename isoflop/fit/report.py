@@ -423,6 +423,8 @@ def fit_sweep(table: FitTable, *, window: int | str | None = 5, minimizer: str =
             by_budget[g] = (c, idx[keep])
     excluded.extend(outliers)
     groups = [(c, n_all[idx], y_all[idx]) for c, idx in by_budget]
+    if noise.source == "none":
+        noise = _parametric_noise(by_budget, n_all, d_all, y_all, noise)
     # D_opt under the sweep's convention: each budget's own (N, D) pairs (see isoflop.py)
     fits = tuple(fit_budget(n_all[idx], y_all[idx], c, window=k, minimizer=minimizer, tokens=d_all[idx],
                             noise=noise.sigma) for c, idx in by_budget)
@@ -511,6 +513,24 @@ def fit_sweep(table: FitTable, *, window: int | str | None = 5, minimizer: str =
                      samples=samples, budget_ci=tuple(budget_ci), budget_d_ci=tuple(budget_d_ci),
                      budget_median=tuple(budget_med), budget_loss_ci=tuple(budget_l_ci), noise=noise,
                      outliers=tuple(outliers), parametric_check=check, parametric_draws=par_draws)
+
+
+def _parametric_noise(by_budget, n_all, d_all, y_all, fallback: NoiseEstimate) -> NoiseEstimate:
+    """σ from the residuals of one L(N, D) fit over every budget, where no budget has the 4+ sizes (or
+    the repeated seeds) that neighbour residuals need: 5 budgets of 3 sizes are 15 points, 10 degrees of
+    freedom. It holds the law's misfit too, so it errs large (wider intervals), never small."""
+    pn, pd, py, pw = _size_means(by_budget, n_all, d_all, y_all)
+    dof = len(py) - 5
+    if dof < 4 or len(by_budget) < 3:
+        return fallback
+    try:
+        fit = fit_parametric(pn, pd, py, method="lse", weights=pw, n_starts=3)[0]
+    except ValueError:
+        return fallback
+    r = py - fit.loss(pn, pd)
+    if not np.isfinite(r).all():
+        return fallback
+    return NoiseEstimate(sigma=float(math.sqrt((pw * r * r).sum() / dof)), dof=dof, source="parametric")
 
 
 def _parabola_misfit(fits: Sequence[IsoflopFit], groups: Sequence[tuple[float, np.ndarray, np.ndarray]]) -> float:
