@@ -138,6 +138,8 @@ def classify(result: Result, *, run_id: Optional[str] = None, planned_steps: Opt
         return ResultCheck(ResultKind.DIVERGED, result, where + loss)
     if result.val_loss is None:
         return ResultCheck(ResultKind.INVALID, None, "it has no val_loss")
+    if result.val_loss <= 0:  # a cross-entropy is positive; the fits take its logarithm
+        return ResultCheck(ResultKind.INVALID, None, f"val_loss {result.val_loss} is not a positive loss")
     planned = planned_steps or result.planned_steps
     if planned and result.step is not None and result.step < planned:
         return ResultCheck(ResultKind.STALE, result,

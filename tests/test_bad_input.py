@@ -498,6 +498,8 @@ BAD_RESULTS = {
     "empty": lambda good: "",
     "not utf-8": lambda good: json.dumps(good).encode().replace(b'"ok"', b'"\xe9"'),
     "other run's result": lambda good: {**good, "run_id": "0" * 12},
+    "loss negative": lambda good: {**good, "val_loss": -1.0},
+    "loss zero": lambda good: {**good, "val_loss": 0.0},
 }
 
 
