@@ -181,3 +181,12 @@ def test_messages_name_the_cli_option():
     rep = fit_sweep(t, bootstrap=0)
     assert rep.frontier is None and "--keep-flagged" in rep.frontier_reason
     assert "keep_flagged=True" not in rep.frontier_reason
+
+
+def test_backtest_reports_loss_coverage_and_its_model():
+    t = draw_sweep(LAWS[0], np.random.default_rng(11), noise=0.005)
+    j = fit_sweep(t, bootstrap=100, holdout_top=2).to_json()
+    for h in j["backtest"]["held_out"]:
+        assert h["loss_opt_model"] and "loss_opt_flag" in h and h["loss_opt_in_ci"] in (True, False)
+    # 3 training budgets: the loss law; with 4 held out of 5 there is too little to fit
+    assert j["backtest"]["held_out"][0]["loss_opt_model"].startswith("L_opt = E + k")

@@ -46,8 +46,10 @@ out of the frontier):
   mean: a spline overshoot between near sizes (−685 on Epoch's points at
   6e19) or a parabola missing a steep profile, never a minimum. Never
   enters a frontier, even with keep_flagged.
-- ``flat``: every size's mean loss within 2 noise standard errors of the
-  others (exactly equal when the noise is unknown): no minimum to find.
+- ``flat``: every size's mean loss within half a noise standard error of
+  the others (exactly equal when the noise is unknown; 3 sizes of pure noise
+  spread that little about 1 time in 20, a 2-standard-error rule flagged 7
+  of 100 real 3-size budgets): no minimum to find.
   Never enters a frontier.
 - ``vertex_near_edge``: N_opt within one grid step (the median spacing of
   the budget's sampled ln N), or a quarter of the sampled range if that is
@@ -261,7 +263,7 @@ def fit_budget(params: np.ndarray, loss: np.ndarray, budget: float, *, window: i
                           flags=(TOO_FEW_POINTS,), coefficients=None, x0=nan, **base)
     # all sizes equal within the noise (a logging bug, or a span far too narrow): any "minimum" is noise
     spread = float(means.max() - means.min())
-    if spread <= (2.0 * float(noise) / math.sqrt(float(counts.min())) if np.isfinite(noise) and noise > 0
+    if spread <= (0.5 * float(noise) / math.sqrt(float(counts.min())) if np.isfinite(noise) and noise > 0
                   else 1e-9 * max(1.0, abs(float(means.min())))):
         return IsoflopFit(n_opt=nan, d_opt=nan, loss_opt=float(means.min()), points_used=int(len(x_all)),
                           in_range=False, flags=(FLAT,), coefficients=None, x0=nan, **base)

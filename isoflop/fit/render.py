@@ -43,7 +43,7 @@ def render_report(report: FitReport, console: Any) -> None:
                   f"seed {s.get('seed')}")
     if report.noise is not None:
         nz = report.noise
-        src = {"seeds": "repeated seeds", "residuals": "residuals of neighbouring sizes",
+        src = {"seeds": "repeated runs per size: seeds, or sizes within 2% merged", "residuals": "residuals of neighbouring sizes",
                "parametric": "residuals of one L(N, D) fit: too few sizes per budget for neighbours",
                "none": "too few sizes or budgets to estimate it: no intervals"}[nz.source]
         console.print(f"noise per run σ = {_g(nz.sigma)} (from {src}, {nz.dof} degrees of freedom)")
@@ -160,7 +160,7 @@ def render_report(report: FitReport, console: Any) -> None:
             t = Table(title=f"Backtest: fit without the top {bt.holdout_top} budget(s)")
             for col in ("budget C", "N_opt measured", "N_opt predicted", "error", "in 5–95%",
                         "D_opt measured", "D_opt predicted", "error", "in 5–95%",
-                        "L_opt measured", "L_opt predicted", "error"):
+                        "L_opt measured", "L_opt predicted", "error", "in 5–95%"):
                 t.add_column(col, justify="right")
 
             def yes_no(v: bool | None) -> str:
@@ -170,8 +170,13 @@ def render_report(report: FitReport, console: Any) -> None:
                 t.add_row(_g(p.budget), _g(p.measured.n_opt), _g(p.predicted.n_opt), _pct(p.n_opt_error, 1),
                           yes_no(p.n_opt_in_ci),
                           _g(p.measured.d_opt), _g(p.predicted.d_opt), _pct(p.d_opt_error, 1), yes_no(p.d_opt_in_ci),
-                          _g(p.measured.loss_opt, 4), _g(p.predicted.loss_opt, 4), _pct(p.loss_opt_error, 2))
+                          _g(p.measured.loss_opt, 4), _g(p.predicted.loss_opt, 4), _pct(p.loss_opt_error, 2),
+                          yes_no(p.loss_opt_in_ci))
             console.print(t)
+            first = bt.points[0].predicted if bt.points else None
+            if first is not None:
+                console.print(f"backtest L_opt from: {first.loss_opt_model}"
+                              + (f" ({first.loss_opt_flag})" if first.loss_opt_flag else ""))
 
     if report.excluded:
         t = Table(title=f"Excluded runs ({len(report.excluded)})")

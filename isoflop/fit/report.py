@@ -708,7 +708,8 @@ def _report_json(r: FitReport) -> dict[str, Any]:
                           "d_opt_ci": p.predicted.d_opt_ci, "d_opt_error": p.d_opt_error, "d_opt_in_ci": p.d_opt_in_ci,
                           "loss_opt_measured": p.measured.loss_opt, "loss_opt_predicted": p.predicted.loss_opt,
                           "loss_opt_ci": p.predicted.loss_opt_ci, "loss_opt_error": p.loss_opt_error,
-                          "loss_opt_in_ci": p.loss_opt_in_ci} for p in bt.points],
+                          "loss_opt_in_ci": p.loss_opt_in_ci, "loss_opt_model": p.predicted.loss_opt_model,
+                          "loss_opt_flag": p.predicted.loss_opt_flag} for p in bt.points],
         }
     if r.envelope is not None:
         e = r.envelope
