@@ -190,3 +190,13 @@ def test_backtest_reports_loss_coverage_and_its_model():
         assert h["loss_opt_model"] and "loss_opt_flag" in h and h["loss_opt_in_ci"] in (True, False)
     # 3 training budgets: the loss law; with 4 held out of 5 there is too little to fit
     assert j["backtest"]["held_out"][0]["loss_opt_model"].startswith("L_opt = E + k")
+
+
+def test_a_marginal_check_says_the_model_may_flip():
+    from isoflop.fit.report import ParametricCheck
+
+    assert ParametricCheck(False, 27.8, 7, 2.3e-4, "").marginal and ParametricCheck(True, 9.6, 6, 0.14, "").marginal
+    assert not ParametricCheck(True, 2.0, 6, 0.9, "").marginal and not ParametricCheck(False, 99, 6, 1e-9, "").marginal
+    t = draw_sweep(LAWS[0], np.random.default_rng(5), noise=0.005)
+    j = fit_sweep(t, bootstrap=60, predict=[1e21]).to_json()
+    assert j["parametric_check"]["marginal"] in (True, False)

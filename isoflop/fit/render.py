@@ -116,6 +116,10 @@ def render_report(report: FitReport, console: Any) -> None:
         chk = report.parametric_check
         if chk is not None:
             console.print(f"parametric fit {chk.reason}")
+            if chk.marginal:
+                console.print("[yellow]the check is marginal[/yellow] (p = 0.0001–0.2, its threshold 0.01): "
+                              "another minimizer or a few more runs may flip which model gives L_opt; the table "
+                              "below has both values; treat the range between them as the uncertainty")
         pp = [p for p in report.predictions if p.parametric_method is not None]
         if pp:
             used = bool(pp[0].parametric_used)

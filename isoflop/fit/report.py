@@ -105,6 +105,12 @@ class ParametricCheck:
     p_value: float
     reason: str
 
+    @property
+    def marginal(self) -> bool:
+        """p near the 0.01 threshold: the model behind L_opt is a coin toss (Epoch's points: Akima p = 0.0006
+        → loss law 1.98, parabola p = 0.13 → parametric 2.05, non-overlapping intervals)."""
+        return bool(math.isfinite(self.p_value) and 1e-4 <= self.p_value <= 0.2)
+
 
 @dataclass(frozen=True)
 class BacktestPoint:
@@ -696,7 +702,7 @@ def _report_json(r: FitReport) -> dict[str, Any]:
         c = r.parametric_check
         out["parametric_check"] = None if c is None else {"used_for_loss": c.used, "chi2": c.chi2,
                                                            "budgets": c.budgets, "p_value": c.p_value,
-                                                           "reason": c.reason}
+                                                           "reason": c.reason, "marginal": c.marginal}
     if r.backtest is not None:
         bt = r.backtest
         out["backtest"] = {
