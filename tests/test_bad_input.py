@@ -221,7 +221,7 @@ CASES: dict[str, Bad] = {
     "csv negative params": fit_csv_bad("params,tokens,loss\n-1e6,2e7,3.1\n", "params"),
     "csv text loss": fit_csv_bad("params,tokens,loss\n1e6,2e7,abc\n", "loss"),
     "csv inf params": fit_csv_bad("params,tokens,loss\ninf,2e7,3.1\n", "params"),
-    "csv inf loss": fit_csv_bad("params,tokens,loss\n1e6,2e7,inf\n", "loss"),
+    "csv negative loss": fit_csv_bad("params,tokens,loss\n1e6,2e7,-1\n", "loss"),
     "csv plot on read-only": fit_csv_bad(GOOD_CSV, "ro/plots", "--plot", "ro/plots/x.png"),
 }
 
