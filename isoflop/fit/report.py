@@ -525,9 +525,11 @@ def _parametric_noise(by_budget, n_all, d_all, y_all, fallback: NoiseEstimate) -
     """σ from the residuals of one L(N, D) fit over every budget, where no budget has the 4+ sizes (or
     the repeated seeds) that neighbour residuals need: 5 budgets of 3 sizes are 15 points, 10 degrees of
     freedom. It holds the law's misfit too, so it errs large (wider intervals), never small."""
+    if len(by_budget) < 3:
+        return fallback
     pn, pd, py, pw = _size_means(by_budget, n_all, d_all, y_all)
     dof = len(py) - 5
-    if dof < 4 or len(by_budget) < 3:
+    if dof < 4:
         return fallback
     try:
         fit = fit_parametric(pn, pd, py, method="lse", weights=pw, n_starts=3)[0]
