@@ -351,6 +351,16 @@ def test_nanogpt_template_end_to_end(tmp_path, monkeypatch):
     assert out.result["val_loss"] == ref.result["val_loss"]
 
 
+def _run_lock_free(run_dir: Path) -> bool:
+    from isoflop.dispatch.locks import lock_run_folder
+
+    f = lock_run_folder(run_dir)
+    if f is None:
+        return False
+    f.close()
+    return True
+
+
 def _procs_running(script: Path, run_dir: Path) -> list[int]:
     out = []
     for d in Path("/proc").iterdir():
@@ -389,6 +399,7 @@ def test_one_trainer_per_run_folder_even_an_orphan(tmp_path):
     assert out.state == "failed" and "another trainer" in out.reason, out
     for pid in orphans:
         os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not _procs_running(TOY, run_dir), timeout=10)
+    # a dying process's cmdline empties (its memory goes) before its files close: wait for the lock
+    wait_for(lambda: not _procs_running(TOY, run_dir) and _run_lock_free(run_dir), timeout=10)
     out = second_attempt()
     assert out.state == "completed", out
