@@ -240,6 +240,11 @@ def _one_run_running(tmp_path: Path, planned_sweep, step: int = 20) -> tuple:
     st = wait_until(workdir, lambda s: s["runs"][0]["state"] == "running" and (s["runs"][0]["step"] or 0) >= step,
                     timeout=120, poll=0.5)
     rdir = workdir / "runs" / "tiny" / st["runs"][0]["run_id"]
+    # checkpoints are timed (every second): on a fast machine step 20 can come before the first
+    t0 = time.time()
+    while not (rdir / "checkpoint.pt").exists() and time.time() - t0 < 60:
+        time.sleep(0.2)
+    assert (rdir / "checkpoint.pt").exists(), "no checkpoint within 60 s"
     return engine, workdir, prof, st["runs"][0], rdir
 
 
