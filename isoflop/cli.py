@@ -276,6 +276,9 @@ def _status_renderable(st, *, all_runs: bool = False):
     counts = ", ".join(f"[{_STATE_STYLE.get(k, '')}]{v} {k}[/]" for k, v in sorted(st.counts.items()))
     parts.append(Text.from_markup(f"sweep [bold]{st.sweep}[/]: {len(st.runs)} runs: {counts}  "
                                   f"[dim](scheduler: {st.scheduler})[/]"))
+    if getattr(st, "simulated", False):
+        parts.append(Text.from_markup("[bold magenta]SIMULATED[/] sweep (trainer template 'simulate'): "
+                                      "losses drawn from a stated law, nothing was trained"))
     states = ("completed", "diverged", "running", "queued", "submitting", "planned", "failed", "lost", "cancelled")
     t = Table(title=None, show_edge=False)
     t.add_column("budget", justify="right")

@@ -97,6 +97,7 @@ class SweepStatus:
     changed: int  # runs whose state changed in this sync
     warnings: tuple[str, ...] = ()
     synced_at: float = field(default_factory=time.time)
+    simulated: bool = False  # the sweep's trainer is the `simulate` template: no run trained
 
     @property
     def active(self) -> int:
@@ -110,7 +111,7 @@ class SweepStatus:
         return {
             "sweep": self.sweep, "scheduler": self.scheduler, "counts": self.counts, "active": self.active,
             "budgets": [b.to_json() for b in self.budgets], "runs": [r.to_json() for r in self.runs],
-            "warnings": list(self.warnings),
+            "warnings": list(self.warnings), "simulated": self.simulated,
         }
 
 
@@ -238,6 +239,7 @@ def read_status(engine: Engine, sweep_name: str, *, scheduler: str = "none", cha
     """The sweep's status from the store alone (no scheduler, no files)."""
     with Session(engine) as s:
         sw = get_sweep(s, sweep_name)
+        simulated = ((sw.spec or {}).get("trainer") or {}).get("template") == "simulate"
         last = (select(Attempt.run_pk, func.max(Attempt.number).label("n"))
                 .join(Run, Run.id == Attempt.run_pk).where(Run.sweep_id == sw.id)
                 .group_by(Attempt.run_pk).subquery())
@@ -269,7 +271,7 @@ def read_status(engine: Engine, sweep_name: str, *, scheduler: str = "none", cha
         ))
     counts = dict(Counter(r.state for r in runs))
     return SweepStatus(sweep=sweep_name, runs=tuple(runs), budgets=tuple(budgets), counts=counts,
-                       scheduler=scheduler, changed=changed, warnings=tuple(warnings))
+                       scheduler=scheduler, changed=changed, warnings=tuple(warnings), simulated=simulated)
 
 
 def sync_sweep(engine: Engine, sweep_name: str, *, have_lock: bool = False) -> SweepStatus:
