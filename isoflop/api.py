@@ -217,20 +217,13 @@ def check_fit_options(*, minimizer: str, method: str, bootstrap: int, seed: int,
         raise UserError(f"window {window} applies to minimizer 'parabola'; the Akima minimizer uses every size")
 
 
-def fit_result(sweep: Optional[str] = None, *, csv: Optional[str | Path] = None, db: Optional[str] = None,
-               workdir: Optional[str | Path] = None, window: int | str = 5, minimizer: str = "akima",
-               keep_flagged: bool = False, bootstrap: int = 1000, seed: int = 0, predict: Sequence[float] = (),
-               holdout_top: int = 0, method: str = "auto") -> FitResult:
-    """Fit a sweep in the store (or a CSV of runs, as `fit --csv`) exactly as `isoflop fit` does,
-    with the same options and defaults; see FitResult for what comes back.
-
-    >>> fit = isoflop.fit_result("chinchilla-small", predict=[1e21], bootstrap=1000)
-    >>> fit.optima[["n_opt_estimate", "n_opt_lo", "n_opt_hi", "loss_opt", "flags"]]
-    >>> fit.predictions.loc[0, ["n_opt_estimate", "d_opt_estimate", "loss_opt"]]
-    >>> fit.json == json.loads(subprocess.check_output(["isoflop", "fit", "chinchilla-small", "--json",
-    ...                                                "--predict", "1e21"]))
-    True
-    """
+def fit_report(sweep: Optional[str] = None, *, csv: Optional[str | Path] = None, engine: Any = None,
+               db: Optional[str] = None, workdir: Optional[str | Path] = None, window: int | str = 5,
+               minimizer: str = "akima", keep_flagged: bool = False, bootstrap: int = 1000, seed: int = 0,
+               predict: Sequence[float] = (), holdout_top: int = 0, method: str = "auto"
+               ) -> tuple["FitReport", dict[str, Any]]:
+    """`fit_result` without pandas: the frozen FitReport and what `isoflop fit --json` prints.
+    `engine` (an open store) takes the place of db/workdir."""
     from .fit import FitTable, fit_sweep
 
     if (sweep is None) == (csv is None):
@@ -247,7 +240,7 @@ def fit_result(sweep: Optional[str] = None, *, csv: Optional[str | Path] = None,
         from .spec import parse_spec
         from .store.results import fit_inputs
 
-        spec_json, rows, curves_in = fit_inputs(_engine(db, workdir), sweep)
+        spec_json, rows, curves_in = fit_inputs(engine if engine is not None else _engine(db, workdir), sweep)
         spec, curves_in = parse_spec(spec_json), curves_in or None
         if not any(r["state"] == "completed" for r in rows):
             raise UserError(f"sweep {sweep!r} has no completed runs yet ({len(rows)} planned)")
@@ -264,6 +257,27 @@ def fit_result(sweep: Optional[str] = None, *, csv: Optional[str | Path] = None,
                 pj["shape"] = shape_for_params(spec, p.n_opt_estimate)
             except ValueError:
                 pass
+    return report, out
+
+
+def fit_result(sweep: Optional[str] = None, *, csv: Optional[str | Path] = None, db: Optional[str] = None,
+               workdir: Optional[str | Path] = None, window: int | str = 5, minimizer: str = "akima",
+               keep_flagged: bool = False, bootstrap: int = 1000, seed: int = 0, predict: Sequence[float] = (),
+               holdout_top: int = 0, method: str = "auto") -> FitResult:
+    """Fit a sweep in the store (or a CSV of runs, as `fit --csv`) exactly as `isoflop fit` does,
+    with the same options and defaults; see FitResult for what comes back.
+
+    >>> fit = isoflop.fit_result("chinchilla-small", predict=[1e21], bootstrap=1000)
+    >>> fit.optima[["n_opt_estimate", "n_opt_lo", "n_opt_hi", "loss_opt", "flags"]]
+    >>> fit.predictions.loc[0, ["n_opt_estimate", "d_opt_estimate", "loss_opt"]]
+    >>> fit.json == json.loads(subprocess.check_output(["isoflop", "fit", "chinchilla-small", "--json",
+    ...                                                "--predict", "1e21"]))
+    True
+    """
+    pd = _pd()
+    report, out = fit_report(sweep, csv=csv, db=db, workdir=workdir, window=window, minimizer=minimizer,
+                             keep_flagged=keep_flagged, bootstrap=bootstrap, seed=seed, predict=predict,
+                             holdout_top=holdout_top, method=method)
     return FitResult(report=report, optima=_optima_frame(out["budgets"]), frontier=_frontier_frame(out["frontier"]),
                      predictions=_predictions_frame(out["predictions"]),
-                     excluded=_pd().DataFrame(out["excluded"], columns=["run_id", "budget", "reason"]), json=out)
+                     excluded=pd.DataFrame(out["excluded"], columns=["run_id", "budget", "reason"]), json=out)

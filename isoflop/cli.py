@@ -633,6 +633,47 @@ def fit(
         console.print(f"wrote {w}")
 
 
+# ---------------------------------------------------------------- export / report
+
+
+@app.command()
+@friendly
+def export(
+    sweep: str = typer.Argument(..., help="sweep name in the store"),
+    fmt: str = typer.Option("csv", "--format", "-f", help="csv | parquet | jsonl (parquet needs isoflop[pandas])"),
+    out: Optional[Path] = typer.Option(None, "--output", "-o", help="file to write (default: stdout; parquet needs one)"),
+    curves: bool = typer.Option(False, "--curves", help="also write the training curves to FILE-curves.EXT"),
+) -> None:
+    """Write a sweep's runs (every ledger column, state, loss, provenance) as CSV, Parquet or JSON lines;
+    the columns are in the README ("Export"). A CSV export is a `fit --csv` input: same fit as `fit SWEEP`."""
+    from .export import export_sweep
+
+    for w in export_sweep(_engine(write=False), sweep, fmt, out, curves=curves):
+        err_console.print(f"wrote {w}", highlight=False)
+
+
+@app.command()
+@friendly
+def report(
+    sweep: str = typer.Argument(..., help="sweep name in the store"),
+    out: Path = typer.Option(..., "--output", "-o", help="the .html file to write"),
+    predict: List[float] = typer.Option([], "--predict", help="a budget C to predict N_opt, D_opt, L_opt at (repeatable)"),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="resamples for the intervals (0: none)"),
+    seed: int = typer.Option(0, "--seed", help="seed of the bootstrap"),
+    minimizer: str = typer.Option("akima", "--minimizer", help="akima (default) | parabola"),
+    method: str = typer.Option("auto", "--method", help="parametric L(N,D): auto | lse | varpro | all | none"),
+    keep_flagged: bool = typer.Option(False, "--keep-flagged", help="let flagged budgets into the frontier"),
+) -> None:
+    """Write one self-contained HTML page (figures inline, nothing fetched when opened): the spec, the
+    runs with their states, the IsoFLOP profiles, the frontier with bands, predictions, flags and
+    exclusions. Its numbers are those of `isoflop fit --json` with the same options."""
+    from .report_html import write_report
+
+    path = write_report(_engine(write=False), sweep, out, predict=predict, bootstrap=bootstrap, seed=seed,
+                        minimizer=minimizer, method=method, keep_flagged=keep_flagged)
+    console.print(f"wrote {path}")
+
+
 # ---------------------------------------------------------------- compare
 
 
