@@ -312,6 +312,36 @@ class Trainer(_Strict):
         return self
 
 
+class WandbTracker(_Strict):
+    """Weights & Biases: one W&B run per isoflop run, grouped by sweep, tagged with its budget."""
+
+    project: str = Field(..., description="W&B project")
+    entity: Optional[str] = Field(None, description="W&B entity (team); default: the user's")
+    mode: Literal["offline", "online"] = Field(
+        "offline", description="offline: files under each run folder, `wandb sync` them later (compute nodes "
+                               "without internet); WANDB_MODE on the node wins")
+    tags: list[str] = Field(default_factory=list, description="extra tags on every run")
+
+    @model_validator(mode="after")
+    def _check(self) -> "WandbTracker":
+        for i, v in enumerate((self.project, self.entity or "x", *self.tags)):
+            if not v or CONTROL.search(v) or len(v) > 64:
+                raise ValueError("project, entity and tags must be 1-64 characters, "
+                                 f"no control characters; got {v!r}")
+        return self
+
+
+class Trackers(_Strict):
+    """Experiment trackers the built-in trainer logs to (off by default; not part of a run's id)."""
+
+    wandb: Optional[WandbTracker] = None
+    tensorboard: bool = Field(False, description="TensorBoard event files under each run folder's tensorboard/")
+
+    @property
+    def on(self) -> bool:
+        return self.wandb is not None or self.tensorboard
+
+
 def _plain_value(v: Any, where: str) -> None:
     """Template values are rendered into a command: no NaN/infinity, no control characters."""
     if isinstance(v, float) and not math.isfinite(v):
@@ -349,6 +379,7 @@ class Spec(_Strict):
     throughput: Optional[float] = Field(
         None, description="sustained FLOP/s per GPU (peak x MFU) for GPU-hour estimates"
     )
+    trackers: Trackers = Trackers()
 
     @field_validator("name")
     @classmethod
@@ -414,12 +445,21 @@ class Spec(_Strict):
     def _throughput(cls, v: Optional[float]) -> Optional[float]:
         return None if v is None else _positive_finite(v, "throughput")
 
+    @model_validator(mode="after")
+    def _trackers_builtin(self) -> "Spec":
+        if self.trackers.on and self.trainer.template != "builtin":
+            raise ValueError(f"trackers: only the built-in trainer logs to them (trainer.template is "
+                             f"{self.trainer.template!r}); an external trainer logs to its own")
+        return self
+
     def budget_values(self) -> list[float]:
         return list(self.budgets) if isinstance(self.budgets, list) else self.budgets.values()
 
     def digest(self) -> str:
         d = self.model_dump(mode="json")
         d["optimizer"] = self.optimizer.definition()   # an AdamW spec keeps the digest it had before Muon
+        if not self.trackers.on:
+            d.pop("trackers")  # nor does a spec without trackers change its digest
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

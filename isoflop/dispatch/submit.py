@@ -27,7 +27,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from ..store.models import Attempt, Run, utcnow
+from ..store.models import Attempt, Run, Sweep, utcnow
 from ..state import Action, action_sources, attempt_after, on_action
 from ..store.sweeps import apply_action, get_sweep
 from . import files as F
@@ -216,13 +216,17 @@ def _record_intents(s: Session, sweep_id: int, sweep_name: str, root: Path, arra
         select(Attempt.run_pk, func.max(Attempt.number)).join(Run, Run.id == Attempt.run_pk)
         .where(Run.sweep_id == sweep_id).group_by(Attempt.run_pk)).all())
     now = utcnow()
+    # the spec's trackers go into run.json beside the definition, not into it: switching them on
+    # changes no run id
+    trackers = (s.get(Sweep, sweep_id).spec or {}).get("trackers")
+    extra = {"trackers": trackers} if trackers and (trackers.get("wandb") or trackers.get("tensorboard")) else {}
     for arr in arrays:
         for task, job in enumerate(arr.jobs):
             for rid in job.run_ids:
                 r = runs[rid]
                 n = (numbers.get(r.id) or 0) + 1
                 scale = r.lr_scale or 1.0
-                F.write_json_atomic(root / rid / F.RUN_JSON, run_json(r, sweep_name, n, scale))
+                F.write_json_atomic(root / rid / F.RUN_JSON, run_json(r, sweep_name, n, scale) | extra)
                 with contextlib.suppress(FileNotFoundError):
                     (root / rid / F.CANCEL).unlink()
                 s.add(Attempt(run_pk=r.id, number=n, executor=executor, state=attempt_after(Action.SUBMIT),
