@@ -598,21 +598,10 @@ def fit(
         if not any(r["state"] == "completed" for r in rows):
             fail(f"sweep {sweep!r} has no completed runs yet ({len(rows)} planned); see `isoflop status {sweep}`")
         table = FitTable.from_rows(rows)
-    from .fit.hparams import hparams_of_table, mark_best_variants, read_hparam_columns, row_columns
-
-    lr_col, batch_col = read_hparam_columns(csv) if csv is not None else row_columns(rows)
-    if csv is not None:
-        table = mark_best_variants(table, lr_col, batch_col)
     report = fit_sweep(
         table, window=k, minimizer=minimizer, keep_flagged=keep_flagged, bootstrap=bootstrap, seed=seed,
         predict=predict, holdout_top=holdout_top, parametric=None if method == "none" else method, curves=curves,
     )
-    from dataclasses import replace as _replace
-
-    report = _replace(report, hparams=hparams_of_table(
-        table, lr_col, batch_col, [f.budget for f in report.budgets], bootstrap=bootstrap, seed=seed,
-        sigma=report.noise.sigma if report.noise is not None else math.nan))
-    simulated = spec is not None and spec.trainer.template == "simulate"
     shapes = {}
     if spec is not None:
         from .plan.grid import shape_for_params
@@ -627,13 +616,8 @@ def fit(
         from .fit.plots import save_plots
 
         written = save_plots(report, plot)
-        if report.hparams is not None:
-            from .fit.hparams_render import save_hparams_plot
-
-            written.append(save_hparams_plot(report.hparams, plot))
     if as_json:
         out = report.to_json()
-        out["simulated"] = simulated
         for p in out.get("predictions") or []:
             if p.get("budget") in shapes:
                 p["shape"] = shapes[p["budget"]]
@@ -643,14 +627,7 @@ def fit(
         return
     from .fit.render import render_report
 
-    if simulated:
-        console.print("[bold magenta]SIMULATED[/] sweep (trainer template 'simulate'): losses drawn from a stated "
-                      "law, nothing was trained")
     render_report(report, console)
-    if report.hparams is not None:
-        from .fit.hparams_render import render_hparams
-
-        render_hparams(report.hparams, console)
     for c, sh in shapes.items():
         console.print(
             f"suggested shape at C={c:.3g}: n_layer={sh['n_layer']}, d_model={sh['d_model']}, "
