@@ -598,10 +598,21 @@ def fit(
         if not any(r["state"] == "completed" for r in rows):
             fail(f"sweep {sweep!r} has no completed runs yet ({len(rows)} planned); see `isoflop status {sweep}`")
         table = FitTable.from_rows(rows)
+    from .fit.hparams import hparams_of_table, mark_best_variants, read_hparam_columns, row_columns
+
+    lr_col, batch_col = read_hparam_columns(csv) if csv is not None else row_columns(rows)
+    if csv is not None:
+        table = mark_best_variants(table, lr_col, batch_col)
     report = fit_sweep(
         table, window=k, minimizer=minimizer, keep_flagged=keep_flagged, bootstrap=bootstrap, seed=seed,
         predict=predict, holdout_top=holdout_top, parametric=None if method == "none" else method, curves=curves,
     )
+    from dataclasses import replace as _replace
+
+    report = _replace(report, hparams=hparams_of_table(
+        table, lr_col, batch_col, [f.budget for f in report.budgets], bootstrap=bootstrap, seed=seed,
+        sigma=report.noise.sigma if report.noise is not None else math.nan))
+    simulated = spec is not None and spec.trainer.template == "simulate"
     shapes = {}
     if spec is not None:
         from .plan.grid import shape_for_params
@@ -616,8 +627,13 @@ def fit(
         from .fit.plots import save_plots
 
         written = save_plots(report, plot)
+        if report.hparams is not None:
+            from .fit.hparams_render import save_hparams_plot
+
+            written.append(save_hparams_plot(report.hparams, plot))
     if as_json:
         out = report.to_json()
+        out["simulated"] = simulated
         for p in out.get("predictions") or []:
             if p.get("budget") in shapes:
                 p["shape"] = shapes[p["budget"]]
@@ -627,7 +643,14 @@ def fit(
         return
     from .fit.render import render_report
 
+    if simulated:
+        console.print("[bold magenta]SIMULATED[/] sweep (trainer template 'simulate'): losses drawn from a stated "
+                      "law, nothing was trained")
     render_report(report, console)
+    if report.hparams is not None:
+        from .fit.hparams_render import render_hparams
+
+        render_hparams(report.hparams, console)
     for c, sh in shapes.items():
         console.print(
             f"suggested shape at C={c:.3g}: n_layer={sh['n_layer']}, d_model={sh['d_model']}, "
@@ -676,6 +699,39 @@ def report(
     path = write_report(_engine(write=False), sweep, out, predict=predict, bootstrap=bootstrap, seed=seed,
                         minimizer=minimizer, method=method, keep_flagged=keep_flagged)
     console.print(f"wrote {path}")
+
+
+# ---------------------------------------------------------------- design
+
+
+@app.command()
+@friendly
+def design(
+    spec_path: Path = typer.Argument(..., metavar="SPEC", help="sweep spec (.yaml or .toml); nothing is stored"),
+    law: str = typer.Option(..., "--law", help="the assumed truth: E=…,A=…,B=…,alpha=…,beta=… of L = E + A/N^α + B/D^β"),
+    noise: float = typer.Option(..., "--noise", help="σ of one run's final loss (seed noise)"),
+    target: Optional[float] = typer.Option(None, "--target", help="budget C to predict at (default: 10× the largest)"),
+    sims: int = typer.Option(20, "--sims", help="simulated sweeps per variant"),
+    bootstrap: int = typer.Option(200, "--bootstrap", help="resamples per simulated fit"),
+    no_variants: bool = typer.Option(False, "--no-variants", help="only the spec as planned"),
+    seed: int = typer.Option(0, "--seed", help="seed of the simulated noise"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Simulate the planned sweep many times (no training), fit each, and show the precision it buys:
+    interval widths of the exponent, N_opt and L_opt at the target, flagged budgets, GPU-hours, per variant."""
+    from .design import design as run_design, parse_law, render_design
+    from .spec import load_spec
+
+    _positive("--target", target)
+    _check(math.isfinite(noise) and noise >= 0, "--noise", noise, "a finite number >= 0")
+    _check(2 <= sims <= 10_000, "--sims", sims, "within [2, 10000]")
+    _check(bootstrap == 0 or 20 <= bootstrap <= 100_000, "--bootstrap", bootstrap, "0 or within [20, 100000]")
+    rep = run_design(load_spec(spec_path), parse_law(law), noise, target=target, sims=sims, bootstrap=bootstrap,
+                     seed=seed, compare=not no_variants)
+    if as_json:
+        print(json.dumps(rep.to_json()))
+        return
+    render_design(rep, console)
 
 
 # ---------------------------------------------------------------- compare

@@ -159,6 +159,8 @@ class FitReport:
     parametric_check: ParametricCheck | None = None
     parametric_draws: np.ndarray | None = field(default=None, repr=False)   # (R, 5): E, A, B, α, β
     outliers: tuple[Excluded, ...] = ()                       # runs left out as outliers (also in excluded)
+    #: fitted η*/B* per cell and their laws (hparams.HparamsReport); None when the sweep has no lr/batch grid
+    hparams: Any = None
 
     def predict(self, compute: Sequence[float]) -> tuple[Prediction, ...]:
         return _predictions(self.frontier, self.samples, compute, self.parametric, self.parametric_draws,
@@ -719,6 +721,8 @@ def _report_json(r: FitReport) -> dict[str, Any]:
                           "loss_opt_in_ci": p.loss_opt_in_ci, "loss_opt_model": p.predicted.loss_opt_model,
                           "loss_opt_flag": p.predicted.loss_opt_flag} for p in bt.points],
         }
+    if r.hparams is not None:
+        out["hparams"] = r.hparams.to_json()
     if r.envelope is not None:
         e = r.envelope
         out["envelope"] = {"params": None if e.params_law is None else _law_json(e.params_law),

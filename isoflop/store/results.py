@@ -44,6 +44,8 @@ def fit_rows(session: Session, sweep: Sweep) -> list[dict[str, Any]]:
         rows.append({
             "run_id": r.run_id, "budget": r.budget, "params": r.params, "tokens": r.tokens, "flops": r.flops,
             "loss": r.val_loss, "state": state, "reason": reason or "",
+            # every variant's lr (as trained) and batch: `fit` fits the hyperparameter laws from them
+            "lr": r.lr * (r.lr_scale or 1.0), "batch": r.batch_tokens, "seed": r.seed,
         })
     return rows
 
