@@ -14,6 +14,10 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     pip install -q "torch==2.13.0" || pip install -q "torch>=2.3,<2.15" --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
+# the HTML report's test opens it in a real headless Chromium (Debian's package)
+if [ "${1:-}" = test ] && ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+fi
 case "${1:-}" in
   test)  pip install -q -e ".[test]" ;;
   bench) pip install -q -e ".[test,bench]" ;;
