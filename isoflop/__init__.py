@@ -1,12 +1,8 @@
 """isoflop: plan, dispatch, track and fit IsoFLOP scaling-law sweeps."""
-from pathlib import Path
-
 __version__ = "0.1.0"
 
-# templates/ and cluster_profiles/ live beside the package in the source tree
-ROOT = Path(__file__).resolve().parent.parent
-TEMPLATES = ROOT / "templates"
-CLUSTER_PROFILES = ROOT / "cluster_profiles"
+# shipped inside the package (resources.py), wherever it is installed
+from .resources import CLUSTER_PROFILES, SPEC_TEMPLATES as TEMPLATES  # noqa: E402
 
 # the notebook API (api.py), imported on first use so that `isoflop --help` and `status` never
 # load pandas: `isoflop.runs("my-sweep")`

@@ -31,7 +31,7 @@ from ..schemas import Result, check_result, classify
 from ..state import ResultKind
 from .files import METRICS, RESULT, tail
 
-TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates" / "commands"
+from ..resources import COMMAND_TEMPLATES as TEMPLATES_DIR
 
 CHECKPOINT_DIR = "checkpoint"  # external commands' checkpoint folder under RUN_DIR
 BUILTIN_CHECKPOINT = "checkpoint.pt"  # the built-in trainer's
