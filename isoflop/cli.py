@@ -137,6 +137,11 @@ def plan(
     from .store.engine import workdir_path
 
     spec = load_spec(spec_path)
+    law_notes: list[str] = []
+    if spec.uses_from_sweep:
+        from .iterate import resolve_rules
+
+        spec, law_notes = resolve_rules(spec, _engine(write=False))
     if spec.trackers.on:  # a missing tracker package: one line here, not a warning in every job
         from .train.trackers import check_installed
 
@@ -192,6 +197,8 @@ def plan(
                 row.append(f"{gpu_hours([r], spec.throughput):.3g}")
             t.add_row(*row)
         console.print(t)
+    for note in law_notes:
+        console.print(f"law: {note}")
     total = gpu_hours(runs, spec.throughput)
     summary = f"{len(runs)} runs over {len(by_budget)} budgets"
     if total is not None:
@@ -701,6 +708,50 @@ def report(
     console.print(f"wrote {path}")
 
 
+# ---------------------------------------------------------------- extend
+
+
+@app.command()
+@friendly
+def extend(
+    sweep: str = typer.Argument(..., help="sweep name in the store"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="show the runs it would add and their GPU-hours; store nothing"),
+    budget: Optional[float] = typer.Option(None, "--budget", help="add this budget C, centred on the predicted N_opt"),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="resamples of the fit it decides from"),
+) -> None:
+    """Add runs where the fit says the sweep is short: sizes beyond a budget whose minimum is at an edge,
+    the next lr/batch multiplier beyond a cell's edge, or (--budget) a new budget. Existing runs stay."""
+    from .iterate import extend_sweep
+    from .store.engine import workdir_path
+
+    _positive("--budget", budget)
+    _check(bootstrap == 0 or bootstrap >= 20, "--bootstrap", bootstrap, "0 or at least 20")
+    res = extend_sweep(_engine(), sweep, workdir_path(OPTS.workdir), budget=budget, dry_run=dry_run,
+                       bootstrap=bootstrap)
+    for note in res.notes:
+        console.print(note)
+    if not res.added:
+        console.print(f"sweep {sweep!r}: every budget's minimum and every cell's optimum is bracketed; nothing to add")
+        return
+    t = Table(title=f"{'would add' if dry_run else 'added'} {len(res.added)} run(s)", title_justify="left")
+    for c in ("run", "budget", "point", "N", "shape L×d×h", "lr", "B tok", "seed"):
+        t.add_column(c, justify="left" if c in ("run", "shape L×d×h") else "right")
+    for r in res.added:
+        t.add_row(r.run_id[:8], f"{r.budget:.3g}", str(r.point), _fmt_n(r.params), f"{r.n_layer}×{r.d_model}×{r.n_head}",
+                  f"{r.lr:.3g}", _fmt_n(r.batch_tokens), str(r.seed))
+    console.print(t)
+    for why in sorted({e.why for e in res.extensions}):
+        console.print(f"  why: {why}")
+    cost = (f"about {res.gpu_hours:.3g} GPU-hours" if res.gpu_hours is not None
+            else f"{res.flops:.3g} FLOPs (set `throughput:` in the spec for GPU-hours)")
+    if dry_run:
+        console.print(f"[yellow]dry run:[/] {len(res.added)} run(s), {cost}; nothing stored")
+    else:
+        console.print(f"[green]extended[/] sweep {sweep!r}: {len(res.added)} new run(s), {cost}; existing runs "
+                      f"untouched. Submit them with `isoflop submit {sweep}`. The stored spec now has `extend:` "
+                      "entries that your spec file lacks (`isoflop plan FILE` would refuse the difference)")
+
+
 # ---------------------------------------------------------------- design
 
 
@@ -711,7 +762,7 @@ def design(
     law: str = typer.Option(..., "--law", help="the assumed truth: E=…,A=…,B=…,alpha=…,beta=… of L = E + A/N^α + B/D^β"),
     noise: float = typer.Option(..., "--noise", help="σ of one run's final loss (seed noise)"),
     target: Optional[float] = typer.Option(None, "--target", help="budget C to predict at (default: 10× the largest)"),
-    sims: int = typer.Option(20, "--sims", help="simulated sweeps per variant"),
+    sims: int = typer.Option(16, "--sims", help="simulated sweeps per variant"),
     bootstrap: int = typer.Option(200, "--bootstrap", help="resamples per simulated fit"),
     no_variants: bool = typer.Option(False, "--no-variants", help="only the spec as planned"),
     seed: int = typer.Option(0, "--seed", help="seed of the simulated noise"),

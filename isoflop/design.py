@@ -235,7 +235,7 @@ class DesignReport:
                 "simulated": True}
 
 
-def design(spec: Any, law: dict[str, float], noise: float, *, target: float | None = None, sims: int = 20,
+def design(spec: Any, law: dict[str, float], noise: float, *, target: float | None = None, sims: int = 16,
            bootstrap: int = 200, seed: int = 0, compare: bool = True,
            progress: Callable[[str], None] | None = None) -> DesignReport:
     """Simulated precision of the spec (and, with compare, of its variants) under `law` and `noise`.

@@ -99,9 +99,15 @@ class Grid(_Strict):
         None, description="[low, high] D/N bounds instead of span: N runs from sqrt(C/(6*high)) to sqrt(C/(6*low))"
     )
     centre: Centre = Centre()
+    centre_at: Optional[dict[float, float]] = Field(
+        None, description="budget C -> N its grid is centred on instead of `centre` (a guess per budget, e.g. "
+                          "from an earlier sweep); budgets not listed use `centre`")
 
     @model_validator(mode="after")
     def _check(self) -> "Grid":
+        for c, n in (self.centre_at or {}).items():
+            _positive_finite(c, "grid.centre_at budget")
+            _positive_finite(n, f"grid.centre_at[{c:g}]")
         if not 1 <= self.points <= 1000:
             raise ValueError(f"grid.points must be within [1, 1000], got {self.points}")
         if self.tokens_per_param is not None:
@@ -118,7 +124,7 @@ class Grid(_Strict):
         if self.tokens_per_param is not None:
             lo, hi = self.tokens_per_param
             return math.sqrt(budget / (6 * hi)), math.sqrt(budget / (6 * lo))
-        c = self.centre.params(budget)
+        c = (self.centre_at or {}).get(budget) or self.centre.params(budget)
         half = math.sqrt(self.span or 1.0)
         return c / half, c * half
 
@@ -200,7 +206,25 @@ class PowerRule(_Strict):
         return self
 
 
-Rule = Union[float, PowerRule, Literal["deepseek", "porian"]]
+class FromSweep(_Strict):
+    """`lr: {from_sweep: NAME}`: the law η*(C) (or B*(C); `of: N` for η*(N)) that `isoflop fit` fits on
+    another sweep in the store. Planning resolves it and records the law here (coef, power and where
+    they came from), so the stored spec says which law planned its runs."""
+
+    from_sweep: str
+    of: Literal["C", "N"] = "C"
+    coef: Optional[float] = Field(None, description="filled in by planning: the fitted coefficient")
+    power: Optional[float] = Field(None, description="filled in by planning: the fitted exponent")
+    power_ci: Optional[tuple[float, float]] = Field(None, description="filled in by planning: its 5–95%")
+    cells: Optional[int] = Field(None, description="filled in by planning: cells the law was fitted on")
+    fitted_at: Optional[str] = Field(None, description="filled in by planning: when (UTC)")
+
+    @property
+    def resolved(self) -> bool:
+        return self.coef is not None and self.power is not None
+
+
+Rule = Union[float, PowerRule, FromSweep, Literal["deepseek", "porian"]]
 
 
 class BatchRule(_Strict):
@@ -342,6 +366,35 @@ class Trackers(_Strict):
         return self.wandb is not None or self.tensorboard
 
 
+class Extension(_Strict):
+    """Runs that `isoflop extend` added to a planned sweep: one size (shape) of one budget, at the
+    sweep's own lr/batch rules and grids unless this entry says otherwise. Planned like every other
+    run (same run ids for the same entry); written by `extend`, rarely by hand."""
+
+    budget: float
+    n_layer: int
+    d_model: int
+    point: int = Field(..., description="the size's index in its budget (beyond the grid: < 0 or >= points)")
+    lr_grid: Optional[list[float]] = Field(None, description="lr multipliers (None: the sweep's lr_grid)")
+    batch_grid: Optional[list[float]] = Field(None, description="batch multipliers (None: the sweep's)")
+    lr: Optional[float] = Field(None, description="lr before multipliers, instead of the lr rule (a fitted law's)")
+    batch: Optional[float] = Field(None, description="batch before multipliers (batch.unit), instead of the rule")
+    why: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> "Extension":
+        _positive_finite(self.budget, "extend.budget")
+        if self.n_layer < 1 or self.d_model < 1:
+            raise ValueError("extend: n_layer and d_model must be positive")
+        for f in ("lr", "batch"):
+            if getattr(self, f) is not None:
+                _positive_finite(getattr(self, f), f"extend.{f}")
+        for f in ("lr_grid", "batch_grid"):
+            for x in getattr(self, f) or []:
+                _positive_finite(x, f"extend.{f}")
+        return self
+
+
 def _plain_value(v: Any, where: str) -> None:
     """Template values are rendered into a command: no NaN/infinity, no control characters."""
     if isinstance(v, float) and not math.isfinite(v):
@@ -380,6 +433,7 @@ class Spec(_Strict):
         None, description="sustained FLOP/s per GPU (peak x MFU) for GPU-hour estimates"
     )
     trackers: Trackers = Trackers()
+    extend: list[Extension] = Field(default_factory=list, description="runs added by `isoflop extend`")
 
     @field_validator("name")
     @classmethod
@@ -452,6 +506,10 @@ class Spec(_Strict):
                              f"{self.trainer.template!r}); an external trainer logs to its own")
         return self
 
+    @property
+    def uses_from_sweep(self) -> bool:
+        return isinstance(self.lr, FromSweep) or isinstance(self.batch.rule, FromSweep)
+
     def budget_values(self) -> list[float]:
         return list(self.budgets) if isinstance(self.budgets, list) else self.budgets.values()
 
@@ -460,6 +518,10 @@ class Spec(_Strict):
         d["optimizer"] = self.optimizer.definition()   # an AdamW spec keeps the digest it had before Muon
         if not self.trackers.on:
             d.pop("trackers")  # nor does a spec without trackers change its digest
+        if not self.extend:
+            d.pop("extend")  # nor without extensions
+        if self.grid.centre_at is None:
+            d["grid"].pop("centre_at")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -160,54 +160,86 @@ def plan(spec: Spec) -> list[Run]:
         except ShapeError as e:
             raise PlanError(f"budget {budget:.4g}: {e}") from None
         for point, (n_layer, d_model, _) in enumerate(picks):
-            shape = fam.shape(n_layer, d_model)
-            n = flops.params(shape, spec.params)
-            per_token = flops.flops_per_token(shape, spec.flops, spec.params)
-            d_ideal = budget / per_token
-            for bm in spec.batch_grid:
-                b_val = _rule_value(spec, "batch", C=budget, N=n, D=d_ideal) * bm
-                seqs = hparams.batch_seqs(b_val, spec.batch.unit, fam.seq_len)
-                asked = b_val if spec.batch.unit == "sequences" else b_val / fam.seq_len
-                if asked < 0.5:  # rounding up to one sequence would silently multiply the batch
-                    raise PlanError(
-                        f"batch.rule: gives {asked:.3g} sequences of {fam.seq_len} tokens at budget {budget:.4g}, "
-                        f"N={n:,} (x{bm:g} batch_grid); a step needs at least one sequence"
-                    )
-                batch_tokens = seqs * fam.seq_len
-                steps = max(1, round(d_ideal / batch_tokens))
-                tokens = steps * batch_tokens
-                run_flops = per_token * tokens
-                dev = run_flops / budget - 1
-                if abs(dev) > FLOP_TOLERANCE:
-                    raise PlanError(
-                        f"budget {budget:.4g}, N={n:,}: {steps} step(s) of {batch_tokens:,} tokens give "
-                        f"{run_flops:.4g} FLOPs ({dev:+.1%} off the budget, limit ±{FLOP_TOLERANCE:.0%}); "
-                        "the budget is too small for this batch size: raise it or lower batch"
-                    )
-                for lm in spec.lr_grid:
-                    lr = _rule_value(spec, "lr", C=budget, N=n, D=tokens) * lm
-                    for seed in spec.seeds:
-                        own = {
-                            "budget": budget,
-                            "shape": {
-                                "n_layer": n_layer, "d_model": d_model, "n_head": shape.n_head,
-                                "vocab_size": fam.vocab_size, "seq_len": fam.seq_len, "mlp": fam.mlp,
-                                "tied": fam.tied, "qk_norm": fam.qk_norm,
-                            },
-                            "tokens": tokens, "steps": steps, "batch_seqs": seqs, "batch_tokens": batch_tokens,
-                            "lr": float(f"{lr:.6g}"), "seed": seed,
-                        }
-                        own_blob = _canonical(own)
-                        runs.append(Run(
-                            run_id=_digest(common_blob, own_blob),
-                            budget=budget, point=point,
-                            n_layer=n_layer, d_model=d_model, n_head=shape.n_head, params=n,
-                            tokens=tokens, steps=steps, batch_seqs=seqs, batch_tokens=batch_tokens,
-                            lr=own["lr"], seed=seed, lr_mult=lm, batch_mult=bm, flops=run_flops,
-                            ledger=flops.ledger(shape, tokens, spec.params), definition={**common, **own},
-                            definition_json=_merged_json(common_blob, own_blob),
-                        ))
+            runs += _size_runs(spec, fam, common, common_blob, budget, point, n_layer, d_model)
+    runs += _extension_runs(spec, fam, common, common_blob, {r.run_id for r in runs})
     return runs
+
+
+def _size_runs(spec: Spec, fam: Family, common: dict[str, Any], common_blob: bytes, budget: float, point: int,
+               n_layer: int, d_model: int, *, lr_grid: list[float] | None = None,
+               batch_grid: list[float] | None = None, lr_value: float | None = None,
+               batch_value: float | None = None) -> list[Run]:
+    """The runs of one size of one budget: every (batch, lr) multiplier and seed. lr_value/batch_value
+    replace the rules' values (an extension planned with a fitted law)."""
+    runs: list[Run] = []
+    shape = fam.shape(n_layer, d_model)
+    n = flops.params(shape, spec.params)
+    per_token = flops.flops_per_token(shape, spec.flops, spec.params)
+    d_ideal = budget / per_token
+    for bm in batch_grid or spec.batch_grid:
+        base_b = batch_value if batch_value is not None else _rule_value(spec, "batch", C=budget, N=n, D=d_ideal)
+        b_val = base_b * bm
+        seqs = hparams.batch_seqs(b_val, spec.batch.unit, fam.seq_len)
+        asked = b_val if spec.batch.unit == "sequences" else b_val / fam.seq_len
+        if asked < 0.5:  # rounding up to one sequence would silently multiply the batch
+            raise PlanError(
+                f"batch.rule: gives {asked:.3g} sequences of {fam.seq_len} tokens at budget {budget:.4g}, "
+                f"N={n:,} (x{bm:g} batch_grid); a step needs at least one sequence"
+            )
+        batch_tokens = seqs * fam.seq_len
+        steps = max(1, round(d_ideal / batch_tokens))
+        tokens = steps * batch_tokens
+        run_flops = per_token * tokens
+        dev = run_flops / budget - 1
+        if abs(dev) > FLOP_TOLERANCE:
+            raise PlanError(
+                f"budget {budget:.4g}, N={n:,}: {steps} step(s) of {batch_tokens:,} tokens give "
+                f"{run_flops:.4g} FLOPs ({dev:+.1%} off the budget, limit ±{FLOP_TOLERANCE:.0%}); "
+                "the budget is too small for this batch size: raise it or lower batch"
+            )
+        for lm in lr_grid or spec.lr_grid:
+            base_lr = lr_value if lr_value is not None else _rule_value(spec, "lr", C=budget, N=n, D=tokens)
+            lr = base_lr * lm
+            if not 0 < lr <= MAX_LR:
+                raise PlanError(f"lr: {lr:.4g} at budget {budget:.4g}, N={n:,} (x{lm:g}) is not within (0, {MAX_LR:g}]")
+            for seed in spec.seeds:
+                own = {
+                    "budget": budget,
+                    "shape": {
+                        "n_layer": n_layer, "d_model": d_model, "n_head": shape.n_head,
+                        "vocab_size": fam.vocab_size, "seq_len": fam.seq_len, "mlp": fam.mlp,
+                        "tied": fam.tied, "qk_norm": fam.qk_norm,
+                    },
+                    "tokens": tokens, "steps": steps, "batch_seqs": seqs, "batch_tokens": batch_tokens,
+                    "lr": float(f"{lr:.6g}"), "seed": seed,
+                }
+                own_blob = _canonical(own)
+                runs.append(Run(
+                    run_id=_digest(common_blob, own_blob),
+                    budget=budget, point=point,
+                    n_layer=n_layer, d_model=d_model, n_head=shape.n_head, params=n,
+                    tokens=tokens, steps=steps, batch_seqs=seqs, batch_tokens=batch_tokens,
+                    lr=own["lr"], seed=seed, lr_mult=lm, batch_mult=bm, flops=run_flops,
+                    ledger=flops.ledger(shape, tokens, spec.params), definition={**common, **own},
+                    definition_json=_merged_json(common_blob, own_blob),
+                ))
+    return runs
+
+
+def _extension_runs(spec: Spec, fam: Family, common: dict[str, Any], common_blob: bytes,
+                    planned: set[str]) -> list[Run]:
+    """The runs of the spec's `extend` entries (isoflop extend); one that repeats a planned run is refused."""
+    out: list[Run] = []
+    for i, e in enumerate(spec.extend):
+        rs = _size_runs(spec, fam, common, common_blob, e.budget, e.point, e.n_layer, e.d_model,
+                        lr_grid=e.lr_grid, batch_grid=e.batch_grid, lr_value=e.lr, batch_value=e.batch)
+        for r in rs:
+            if r.run_id in planned:
+                raise PlanError(f"extend[{i}] (budget {e.budget:.4g}, {e.n_layer}x{e.d_model}): run {r.run_id} is "
+                                "already planned; remove the entry")
+            planned.add(r.run_id)
+        out += rs
+    return out
 
 
 def gpu_hours(runs: list[Run], throughput: float | None) -> float | None:

@@ -1,7 +1,8 @@
 """Batch size and learning rate of a run from the spec's rules."""
 from __future__ import annotations
 
-from ..spec import PowerRule, Rule
+from ..errors import UserError
+from ..spec import FromSweep, PowerRule, Rule
 
 # Published rules quoted in DESIGN.md: lr, and batch size in tokens.
 PRESETS: dict[str, dict[str, PowerRule]] = {
@@ -24,6 +25,11 @@ def evaluate(rule: Rule, kind: str, *, C: float, N: float, D: float) -> float:
         rule = PRESETS[rule][kind]
     if isinstance(rule, (int, float)):
         return float(rule)
+    if isinstance(rule, FromSweep):
+        if not rule.resolved:  # the CLI resolves it from the store before planning (isoflop/laws.py)
+            raise UserError(f"{kind}: {{from_sweep: {rule.from_sweep}}} is not resolved; plan it with `isoflop plan`")
+        x = {"C": C, "N": N}[rule.of]
+        return rule.coef * x**rule.power
     x = {"C": C, "N": N, "D": D}[rule.of]
     v = rule.coef * x**rule.power
     if rule.min is not None:
