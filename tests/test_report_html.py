@@ -1,0 +1,154 @@
+"""`isoflop report`: one self-contained HTML page, opened in a real headless Chromium (Debian's
+package; `./setup.sh test` installs it): it renders, its figures decode, it fetches nothing, and
+every number of the fit in it equals `isoflop fit --json` with the same options."""
+from __future__ import annotations
+
+import html
+import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from isoflop.report_html import fmt
+
+from .conftest import run_isoflop
+from .filled_store import SWEEP, filled
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# what Chromium needs here: no sandbox as root, no GPU, and none of its background connections
+# (the machine's network is closed; each refused connection would only slow it down)
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage")
+FIT_ARGS = ("--bootstrap", "40", "--predict", "1e21", "--predict", "1e22")
+
+
+class Page(HTMLParser):
+    """What the tests read from the DOM: labelled numbers, run rows, body attributes, resource URLs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.numbers: list[tuple[str, str, str]] = []   # (data-key, data-value, shown text)
+        self.runs: dict[str, str] = {}                   # run id -> state
+        self.body: dict[str, str] = {}
+        self.urls: list[str] = []
+        self.images: list[dict[str, str]] = []
+        self.fit_json = ""
+        self._open: list[list] = []
+        self._in_json = False
+
+    def handle_starttag(self, tag, attrs):
+        a = {k: v or "" for k, v in attrs}
+        if tag == "body":
+            self.body = a
+        if tag == "img":
+            self.images.append(a)
+        for k in ("src", "href"):
+            if k in a:
+                self.urls.append(a[k])
+        if "data-run" in a and "data-state" in a:
+            self.runs[a["data-run"]] = a["data-state"]
+        if "data-key" in a:
+            self._open.append([a["data-key"], a["data-value"], ""])
+        self._in_json = tag == "script" and a.get("id") == "fit-json"
+
+    def handle_data(self, data):
+        if self._open:
+            self._open[-1][2] += data
+        if self._in_json:
+            self.fit_json += data
+
+    def handle_endtag(self, tag):
+        if self._open and tag in ("span", "td"):
+            self.numbers.append(tuple(self._open.pop()))
+        self._in_json = False
+
+
+def at(data, key: str):
+    for part in key.split("."):
+        data = data[int(part)] if isinstance(data, list) else data[part]
+    return data
+
+
+def chromium(*args: str, profile: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return filled(tmp_path_factory)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (./setup.sh test installs it as root)")
+def test_report_in_headless_chromium(store, tmp_path):
+    workdir, _, diverged = store
+    out = tmp_path / "report.html"
+    run_isoflop("report", SWEEP, "-o", str(out), *FIT_ARGS, workdir=workdir)
+    fit = json.loads(run_isoflop("fit", SWEEP, "--json", *FIT_ARGS, workdir=workdir).stdout)
+    status = json.loads(run_isoflop("status", SWEEP, "--json", workdir=workdir).stdout)
+
+    p = chromium("--virtual-time-budget=5000", "--dump-dom", out.as_uri(), profile=tmp_path / "profile-dom")
+    assert p.returncode == 0 and "</html>" in p.stdout, p.stderr[-2000:]
+    page = Page()
+    page.feed(p.stdout)
+
+    # the figures decoded in the browser (the page's own script counts naturalWidth > 0)
+    assert page.body.get("data-images-loaded") == "2/2", page.body
+    assert len(page.images) == 2 and all(i.get("data-loaded") == "1" for i in page.images)
+    # nothing is fetched at view time: every resource is inline, every link is an anchor in the page
+    assert page.urls and all(u.startswith(("data:", "#")) for u in page.urls), page.urls
+    # every labelled number is the fit's, at full precision and as shown
+    assert len(page.numbers) > 60
+    keys = {k for k, _, _ in page.numbers}
+    for must in ("frontier.params.exponent_estimate", "frontier.params.exponent_ci.0", "predictions.1.n_opt_estimate",
+                 "predictions.0.loss_opt_ci.1", "budgets.3.n_opt_estimate", f"excluded.{len(fit['excluded']) - 1}.budget",
+                 "noise.sigma", "parametric.0.alpha"):
+        assert must in keys, must
+    for key, value, shown in page.numbers:
+        assert json.loads(value) == at(fit, key), key
+        assert shown == fmt(at(fit, key)), (key, shown)
+    # the fit embedded whole, for anyone who wants more than the tables show (the CLI may add keys)
+    embedded = json.loads(page.fit_json)
+    assert embedded == {k: fit[k] for k in embedded}
+    # every run with its state, as `status` has it; the excluded ones with their reasons
+    assert page.runs == {r["run_id"]: r["state"] for r in status["runs"]}
+    assert page.runs[diverged] == "diverged" and "diverged at step 123" in p.stdout
+
+    # and it looks like a report: a screenshot is a real picture of some size
+    shot = tmp_path / "report.png"
+    s = chromium("--window-size=1280,2400", f"--screenshot={shot}", out.as_uri(), profile=tmp_path / "profile-shot")
+    assert s.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
+
+
+def test_report_before_any_run_finished(tmp_path):
+    from .conftest import tiny_spec
+
+    workdir = tmp_path / "work"
+    (tmp_path / "t.yaml").write_text(tiny_spec("fresh"))
+    run_isoflop("plan", str(tmp_path / "t.yaml"), workdir=workdir)
+    out = tmp_path / "r.html"
+    run_isoflop("report", "fresh", "-o", str(out), workdir=workdir)
+    page = Page()
+    text = out.read_text()
+    page.feed(text)
+    assert "no fit: sweep 'fresh' has no completed runs yet (3 planned)" in html.unescape(text)
+    assert set(page.runs.values()) == {"planned"} and len(page.runs) == 3
+    assert "vocab_size: 256" in text and page.images == [] and page.fit_json == ""
+
+
+@pytest.mark.parametrize("args, expect", [
+    (("nosuch", "-o", "r.html"), "no sweep named 'nosuch'"),
+    ((SWEEP, "-o", "r.pdf"), "-o must name an .html file"),
+    ((SWEEP, "-o", "missing/r.html"), "no such folder"),
+    ((SWEEP, "-o", "r.html", "--minimizer", "cubic"), "minimizer must be"),
+])
+def test_bad_report_is_one_line(store, tmp_path, args, expect):
+    workdir, _, _ = store
+    args = [str(tmp_path / a) if a.endswith((".html", ".pdf")) else a for a in args]
+    p = run_isoflop("report", *args, workdir=workdir, check=False)
+    assert p.returncode != 0 and len(p.stderr.strip().splitlines()) == 1 and expect in p.stderr, p.stderr
+    assert list(tmp_path.iterdir()) == []
