@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from .isoflop import IsoflopFit
+from .lines import weighted_lines
 from .losslaw import LossLaw
 
 
@@ -83,20 +84,9 @@ def batched_line_fit(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> tuple[np
     fewer than 2 masked columns (or no spread in x) give NaN.
     """
     w = np.asarray(mask, dtype=float)
-    y = np.where(w > 0, y, 0.0)
-    xc = x - x.mean()  # centring for conditioning
-    s0 = w.sum(1)
-    s1 = w @ xc
-    s2 = w @ (xc * xc)
-    t0 = (w * y).sum(1)
-    t1 = (w * y) @ xc
-    with np.errstate(invalid="ignore", divide="ignore"):
-        det = s0 * s2 - s1 * s1
-        slope = (s0 * t1 - s1 * t0) / det
-        icpt_c = (t0 - slope * s1) / s0
-    bad = ((w > 0).sum(1) < 2) | ~(det > 1e-12 * np.maximum(s0 * s2, 1e-300))
-    slope = np.where(bad, np.nan, slope)
-    intercept = np.where(bad, np.nan, icpt_c - slope * x.mean())
+    intercept, slope, ok = weighted_lines(x, np.where(w > 0, y, 0.0), w)
+    slope = np.where(ok, slope, np.nan)
+    intercept = np.where(ok, intercept, np.nan)
     return slope, intercept
 
 

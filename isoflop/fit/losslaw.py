@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .lines import weighted_lines
+
 GAMMA_GRID = np.geomspace(1e-3, 2.0, 160)
 
 
@@ -41,26 +43,21 @@ class LossLaw:
 
 
 def _solve(z: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per row: E ≥ 0, k ≥ 0 minimising Σ w·(y − E − k·z)², and its SSE. z: (G,), y, w: (R, G)."""
-    s0 = w.sum(1)
-    s1 = w @ z
-    s2 = w @ (z * z)
-    t0 = (w * y).sum(1)
-    t1 = (w * y) @ z
+    """Per row: E ≥ 0, k ≥ 0 minimising Σ w·(y − E − k·z)², and its SSE. z: (G,) or (R, G); y, w: (R, G)."""
+    e, k, ok = weighted_lines(z, y, w)
+    wz = w * z
     with np.errstate(invalid="ignore", divide="ignore"):
-        det = s0 * s2 - s1 * s1
-        k = (s0 * t1 - s1 * t0) / det
-        e = (t0 - k * s1) / s0
         # boundaries: E = 0 (pure power law) or k = 0 (flat)
-        k_e0 = np.maximum(t1 / s2, 0.0)
-        e_k0 = t0 / s0
-    interior = (k >= 0) & (e >= 0) & np.isfinite(k)
-    sse_e0 = ((w * (y - k_e0[:, None] * z) ** 2)).sum(1)
-    sse_k0 = ((w * (y - e_k0[:, None]) ** 2)).sum(1)
+        k_e0 = np.maximum((wz * y).sum(1) / (wz * z).sum(1), 0.0)
+        e_k0 = (w * y).sum(1) / w.sum(1)
+    zz = np.broadcast_to(z, y.shape)
+    interior = ok & (k >= 0) & (e >= 0) & np.isfinite(k)
+    sse_e0 = (w * (y - k_e0[:, None] * zz) ** 2).sum(1)
+    sse_k0 = (w * (y - e_k0[:, None]) ** 2).sum(1)
     use_e0 = ~interior & (sse_e0 <= sse_k0)
     e = np.where(interior, e, np.where(use_e0, 0.0, e_k0))
     k = np.where(interior, k, np.where(use_e0, k_e0, 0.0))
-    sse = (w * (y - e[:, None] - k[:, None] * z) ** 2).sum(1)
+    sse = (w * (y - e[:, None] - k[:, None] * zz) ** 2).sum(1)
     return e, k, sse
 
 
@@ -91,33 +88,13 @@ def fit_loss_laws(log_c: np.ndarray, loss: np.ndarray, weights: np.ndarray | Non
     with np.errstate(invalid="ignore", divide="ignore"):
         off = np.where((denom > 0) & (jl != j) & (jr != j), 0.5 * (fl - fr) / denom, 0.0)
     gamma = np.exp(lg[j] + np.clip(off, -1.0, 1.0) * step)
-    z = np.exp(-gamma[:, None] * (lc[None, :] - lc0))
-    # per-row z: solve row by row in one pass with the z of that row
-    s0 = w.sum(1)
-    s1 = (w * z).sum(1)
-    s2 = (w * z * z).sum(1)
-    t0 = (w * y).sum(1)
-    t1 = (w * y * z).sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        det = s0 * s2 - s1 * s1
-        k = (s0 * t1 - s1 * t0) / det
-        e = (t0 - k * s1) / s0
-    bad = ~((k >= 0) & (e >= 0) & np.isfinite(k))
+    # the refined γ differs per row: every row with its own z in one pass
+    e, k, ok = weighted_lines(np.exp(-gamma[:, None] * (lc[None, :] - lc0)), y, w)
+    bad = ~(ok & (k >= 0) & (e >= 0) & np.isfinite(k))
     if bad.any():  # the refined γ left the feasible interior: keep the grid answer for those rows
-        g_grid = GAMMA_GRID[j[bad]]
-        e_b, k_b, _ = _solve_rows(lc - lc0, g_grid, y[bad], w[bad])
-        gamma[bad], e[bad], k[bad] = g_grid, e_b, k_b
+        gamma[bad] = GAMMA_GRID[j[bad]]
+        e[bad], k[bad], _ = _solve(np.exp(-gamma[bad, None] * (lc[None, :] - lc0)), y[bad], w[bad])
     return e, k, gamma, math.exp(lc0)
-
-
-def _solve_rows(lcc: np.ndarray, gammas: np.ndarray, y: np.ndarray, w: np.ndarray):
-    out_e = np.empty(len(gammas))
-    out_k = np.empty(len(gammas))
-    out_s = np.empty(len(gammas))
-    for i, g in enumerate(gammas):
-        e, k, s = _solve(np.exp(-g * lcc), y[i:i + 1], w[i:i + 1])
-        out_e[i], out_k[i], out_s[i] = e[0], k[0], s[0]
-    return out_e, out_k, out_s
 
 
 def fit_loss_law(budgets: np.ndarray, loss: np.ndarray, weights: np.ndarray | None = None) -> LossLaw | None:
