@@ -1,0 +1,148 @@
+"""`isoflop extend`: adaptive sizes, multipliers and budgets, end to end with the simulate template."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from isoflop.fit.simulate import Law
+from isoflop.plan.extend import BudgetFit, CellEdge, SizeRow, budget_extension, grid_ratio, multiplier_extensions, \
+    size_extensions
+from isoflop.plan.grid import plan
+from isoflop.spec import parse_spec
+
+from .conftest import run_isoflop
+from .simulated import HOFFMANN, fit_json, profile, submit_and_wait, write_spec
+
+LAW = Law(**HOFFMANN)
+BUDGETS = [1e17, 3e17, 1e18, 3e18]
+EDGE = {"vertex_out_of_range", "vertex_near_edge"}
+
+
+def _spec(**kw):
+    return parse_spec({"name": "x", "budgets": BUDGETS, "grid": {"points": 7, "span": 16}, **kw})
+
+
+def _sizes(spec):
+    return [SizeRow(r.budget, r.point, r.n_layer, r.d_model, r.params) for r in plan(spec)]
+
+
+# ---------------------------------------------------------------------------- pure planning
+def test_size_extensions_bracket_a_minimum_at_the_top_edge():
+    spec = _spec()
+    sizes = _sizes(spec)
+    top = max(s.params for s in sizes if s.budget == 3e17)
+    fits = [BudgetFit(3e17, top, ("vertex_out_of_range",), top), BudgetFit(1e17, 2e7, (), 2e7)]
+    ext = size_extensions(spec, fits, sizes)
+    assert [e.point for e in ext] == [7, 8]            # two sizes beyond the top, numbered on
+    assert all(e.budget == 3e17 for e in ext)
+    runs = plan(spec.model_copy(update={"extend": ext}))
+    new = sorted(r.params for r in runs if r.point >= 7)
+    assert new[0] > top and new[1] > new[0]
+    # the grid's own spacing: each step about the planned ratio 16^(1/6)
+    assert 1.3 < new[1] / new[0] < 2.0
+
+
+def test_size_extensions_below_and_near_edge():
+    spec = _spec()
+    sizes = _sizes(spec)
+    own = sorted(s.params for s in sizes if s.budget == 1e18)
+    # a minimum between the two smallest sizes (near the edge): one size below gives two below it
+    x = math.exp((math.log(own[0]) + math.log(own[1])) / 2)
+    ext = size_extensions(spec, [BudgetFit(1e18, x, ("vertex_near_edge",), own[1])], sizes)
+    assert [e.point for e in ext] == [-1]
+    assert plan(spec.model_copy(update={"extend": ext}))[-1].params < own[0]
+    # unflagged budgets get nothing
+    assert size_extensions(spec, [BudgetFit(1e18, own[3], (), own[3])], sizes) == []
+
+
+def test_multiplier_extension_goes_one_grid_step_beyond():
+    spec = _spec(lr_grid=[0.5, 1.0, 2.0])
+    assert grid_ratio(spec.lr_grid) == pytest.approx(2.0)
+    r = plan(spec)[0]
+    ext = multiplier_extensions(spec, [CellEdge(r.budget, r.n_layer, r.d_model, r.point, "lr", "high", (0.5, 1, 2)),
+                                       CellEdge(r.budget, r.n_layer, r.d_model, r.point, "lr", "low", (0.5, 1, 2))])
+    assert [e.lr_grid for e in ext] == [[4.0], [0.25]]
+    runs = plan(spec.model_copy(update={"extend": ext}))
+    cell = sorted(x.lr_mult for x in runs if (x.budget, x.point) == (r.budget, r.point))
+    assert cell == [0.25, 0.5, 1.0, 2.0, 4.0]
+
+
+def test_budget_extension_spans_the_prediction_interval():
+    spec = _spec()
+    ext = budget_extension(spec, 1e19, 2e8, (5e7, 6e8), lr=1e-3)
+    ns = [r.params for r in plan(spec.model_copy(update={"extend": ext})) if r.budget == 1e19]
+    assert len(ns) == 7 and ns == sorted(ns)
+    assert ns[0] < 5e7 * 1.15 and ns[-1] > 6e8 / 1.15     # covers the 5–95% interval (up to the shapes' grain)
+    assert all(r.lr == pytest.approx(1e-3) for r in plan(spec.model_copy(update={"extend": ext})) if r.budget == 1e19)
+
+
+def test_a_duplicate_extension_is_refused_in_one_line():
+    from isoflop.plan.grid import PlanError
+    from isoflop.spec import Extension
+
+    spec = _spec()
+    r = plan(spec)[0]
+    dup = Extension(budget=r.budget, n_layer=r.n_layer, d_model=r.d_model, point=r.point)
+    with pytest.raises(PlanError, match="already planned"):
+        plan(spec.model_copy(update={"extend": [dup]}))
+
+
+def test_specs_without_the_new_fields_keep_their_digest():
+    spec = _spec()
+    assert "extend" not in json.dumps({k: v for k, v in spec.model_dump().items() if k == "grid"})
+    bumped = spec.model_copy(update={"grid": spec.grid.model_copy(update={"centre_at": {1e17: 3e7}})})
+    assert bumped.digest() != spec.digest()
+    assert parse_spec(json.loads(json.dumps(spec.model_dump(mode="json")))).digest() == spec.digest()
+
+
+# ---------------------------------------------------------------------------- end to end
+@pytest.mark.slow
+def test_off_centre_budgets_become_bracketed_after_extend(tmp_path):
+    """Two middle budgets planned 4x off their optimum (3 grid steps): extend + submit + status brackets every
+    minimum within two rounds; old runs keep their ids and results."""
+    wd = tmp_path / "work"
+    prof = profile(tmp_path)
+    centres = {c: float(LAW.n_opt(c)) for c in BUDGETS}
+    centres[3e17] *= 4.0
+    centres[1e18] /= 4.0
+    spec = write_spec(tmp_path / "off.yaml", "off", BUDGETS, centre_at=centres)
+    run_isoflop("plan", str(spec), workdir=wd)
+    submit_and_wait("off", wd, prof)
+    fit = fit_json("off", wd, "--bootstrap", "200")
+    flagged = {b["budget"] for b in fit["budgets"] if set(b["flags"]) & EDGE}
+    assert flagged == {3e17, 1e18}
+    before = {r["run_id"]: r["val_loss"] for r in json.loads(run_isoflop("status", "off", "--json", workdir=wd).stdout)["runs"]}
+
+    dry = run_isoflop("extend", "off", "--dry-run", "--bootstrap", "200", workdir=wd).stdout
+    assert "dry run" in dry and "nothing stored" in dry
+    assert json.loads(run_isoflop("status", "off", "--json", workdir=wd).stdout)["counts"] == {"completed": len(before)}
+
+    for round_ in (1, 2):
+        out = run_isoflop("extend", "off", "--bootstrap", "200", workdir=wd).stdout
+        if "nothing to add" in out:
+            break
+        submit_and_wait("off", wd, prof)
+        fit = fit_json("off", wd, "--bootstrap", "200")
+        if not any(set(b["flags"]) & EDGE for b in fit["budgets"]):
+            break
+    assert not [b for b in fit["budgets"] if set(b["flags"]) & EDGE], fit["budgets"]
+    assert all(b["used"] for b in fit["budgets"])
+    # the true optimum of each budget lies inside its fitted interval's neighbourhood (a grid step)
+    for b in fit["budgets"]:
+        assert abs(math.log(b["n_opt"] / LAW.n_opt(b["budget"]))) < math.log(16) / 6
+    after = {r["run_id"]: r["val_loss"] for r in json.loads(run_isoflop("status", "off", "--json", workdir=wd).stdout)["runs"]}
+    assert {k: after[k] for k in before} == before        # same ids, same results
+    assert len(after) > len(before)
+    # the old spec file no longer describes the sweep: planning it again is refused, nothing changes
+    again = run_isoflop("plan", str(spec), workdir=wd, check=False)
+    assert again.returncode == 2 and "different spec" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+
+    # a new budget above: centred on the prediction, planned and stored
+    out = run_isoflop("extend", "off", "--budget", "1e19", "--bootstrap", "200", workdir=wd).stdout
+    assert "centred on the predicted N_opt" in out
+    st = json.loads(run_isoflop("status", "off", "--json", workdir=wd).stdout)
+    assert st["counts"]["planned"] == 7 and any(b["budget"] == 1e19 for b in st["budgets"])
+    refused = run_isoflop("extend", "off", "--budget", "1e19", workdir=wd, check=False)
+    assert refused.returncode == 2 and "already in sweep" in refused.stderr
