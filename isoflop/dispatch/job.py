@@ -62,14 +62,17 @@ def run_finished(rdir: str | Path) -> bool:
 class PackedJob(_Base):
     """Run each run folder's command in turn; skip those that already have a result."""
 
-    def __init__(self, run_dirs: list[str], srun: bool = False) -> None:
+    def __init__(self, run_dirs: list[str], srun: bool = False, launch: dict[str, str] | None = None) -> None:
         self.run_dirs = [str(p) for p in run_dirs]
         self.srun = srun
+        # what the profile tells the built-in trainer (ranks per run, micro-batch, peak FLOP/s)
+        self.launch = dict(launch or {})
         self._current: Any = None
         self._stopping = False
 
     # -- submitit entry point
     def __call__(self) -> dict[str, str]:
+        os.environ.update(getattr(self, "launch", {}))  # commands inherit it (a pickle of before has none)
         outcomes: dict[str, str] = {}
         for rd in self.run_dirs:
             if self._stopping:
@@ -143,7 +146,7 @@ class PackedJob(_Base):
             attempt = int((F.read_json(rd / F.RUN_JSON) or {}).get("attempt", 1))
             if (F.read_json(F.status_path(rd, attempt)) or {}).get("state") == "running":
                 self._status(rd, attempt, state="requeued", reason="time limit or preemption: requeued to resume")
-        return submitit.helpers.DelayedSubmission(PackedJob(remaining, self.srun))
+        return submitit.helpers.DelayedSubmission(PackedJob(remaining, self.srun, getattr(self, "launch", {})))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     if spec is None:
         print(f"isoflop job: cannot read {argv[0]}", file=sys.stderr)
         return 2
-    job = PackedJob(spec["run_dirs"], srun=False)
+    job = PackedJob(spec["run_dirs"], srun=False, launch=spec.get("launch"))
 
     def _term(signum: int, _frame: Any) -> None:
         job._stopping = True

@@ -85,7 +85,8 @@ class LocalBackend:
         ids = [f"{arr.token}_{i}" for i in range(len(arr.jobs))]
         for jid, job in zip(ids, arr.jobs):
             F.write_json_atomic(self.jobs / f"{jid}.json", {
-                "job_id": jid, "run_dirs": [str(root / r) for r in job.run_ids], "created": time.time()})
+                "job_id": jid, "run_dirs": [str(root / r) for r in job.run_ids], "created": time.time(),
+                "launch": self.profile.launch_env() if self.profile else {}})
         threads = int((F.read_json(root / arr.jobs[0].run_ids[0] / F.RUN_JSON) or {}).get("threads") or 1)
         F.write_json_atomic(self.jobs.parent / "workers.json", {"workers": self.profile.local_workers(threads)})
         start_pool(self.workdir)

@@ -13,7 +13,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..resources import CLUSTER_PROFILES
+from .. import CLUSTER_PROFILES
 from ..errors import UserError
 from ..yamlio import load_data, one_line
 
@@ -38,7 +38,11 @@ class Profile(BaseModel):
     constraint: Optional[str] = None
     # --- what one job asks for
     gpus_per_node: int = Field(0, ge=0, description="GPUs a node has (informational for whole-node clusters)")
-    gpus_per_run: int = Field(0, ge=0, description="GPUs one run uses (0: a CPU run)")
+    gpus_per_run: int = Field(0, ge=0, description="GPUs one run uses (0: a CPU run); one rank per GPU")
+    tasks_per_run: int = Field(0, ge=0, description="ranks of one run (0: one per GPU, or 1 for a CPU run)")
+    nodes_per_run: int = Field(1, ge=1, description="nodes one run spans (its ranks split evenly over them)")
+    micro_batch_seqs: int = Field(0, ge=0, description="sequences per rank per forward/backward; the rest of "
+                                  "the batch is gradient accumulation (0: the rank's whole share at once)")
     cpus_per_task: int = Field(1, ge=1)
     mem_gb: Optional[float] = Field(None, gt=0)
     max_time_minutes: int = Field(60, ge=1, description="the longest job the partition allows")
@@ -67,8 +71,15 @@ class Profile(BaseModel):
     def _check(self) -> "Profile":
         if self.min_time_minutes > self.max_time_minutes:
             raise ValueError(f"min_time_minutes ({self.min_time_minutes}) exceeds max_time_minutes ({self.max_time_minutes})")
-        if self.gpus_per_node and self.gpus_per_run > self.gpus_per_node:
-            raise ValueError(f"gpus_per_run ({self.gpus_per_run}) exceeds gpus_per_node ({self.gpus_per_node})")
+        if self.gpus_per_run and self.tasks_per_run and self.tasks_per_run != self.gpus_per_run:
+            raise ValueError(f"tasks_per_run ({self.tasks_per_run}) must equal gpus_per_run ({self.gpus_per_run}): "
+                             "one rank per GPU")
+        if self.ranks % self.nodes_per_run:
+            raise ValueError(f"{self.ranks} ranks per run do not split evenly over nodes_per_run ({self.nodes_per_run})")
+        if self.gpus_per_node and self.gpus_per_run // self.nodes_per_run > self.gpus_per_node:
+            need = -(-self.gpus_per_run // self.gpus_per_node)
+            raise ValueError(f"gpus_per_run ({self.gpus_per_run}) exceeds gpus_per_node ({self.gpus_per_node}) "
+                             f"on {self.nodes_per_run} node(s): set nodes_per_run to {need}")
         for k in ("account", "partition", "qos", "constraint"):
             v = getattr(self, k)
             if isinstance(v, str) and ("FILL" in v or "<" in v):
@@ -88,9 +99,29 @@ class Profile(BaseModel):
         return self
 
     @property
+    def ranks(self) -> int:
+        """Processes of one run: one per GPU, or tasks_per_run CPU ranks."""
+        return self.tasks_per_run or max(self.gpus_per_run, 1)
+
+    @property
+    def devices_per_run(self) -> int:
+        """What peak_flops counts per run: GPUs, or CPU ranks."""
+        return max(self.gpus_per_run, self.ranks, 1)
+
+    @property
     def throughput(self) -> float:
-        """Sustained FLOP/s of one run."""
-        return self.peak_flops * self.mfu * max(self.gpus_per_run, 1)
+        """Sustained FLOP/s of one run (all its devices at the profile's MFU)."""
+        return self.peak_flops * self.mfu * self.devices_per_run
+
+    def launch_env(self) -> dict[str, str]:
+        """What a job tells the built-in trainer about its ranks (isoflop/train/distributed.py)."""
+        env = {"ISOFLOP_PEAK_FLOPS": repr(float(self.peak_flops))}
+        if self.ranks > 1:
+            env.update(ISOFLOP_TASKS_PER_RUN=str(self.ranks), ISOFLOP_NODES_PER_RUN=str(self.nodes_per_run),
+                       ISOFLOP_CPUS_PER_TASK=str(self.cpus_per_task))
+        if self.micro_batch_seqs:
+            env["ISOFLOP_MICRO_BATCH_SEQS"] = str(self.micro_batch_seqs)
+        return env
 
     def run_seconds(self, flops_exact: float) -> float:
         """The time a run of these FLOPs is expected to take, margin included."""
@@ -103,10 +134,11 @@ class Profile(BaseModel):
     def local_workers(self, threads_per_run: int = 1) -> int:
         if self.workers:
             return self.workers
-        return max(1, (os.cpu_count() or 1) // max(1, threads_per_run))
+        return max(1, (os.cpu_count() or 1) // max(1, threads_per_run * self.ranks))
 
     def gpu_hours(self, flops_exact: float) -> float:
-        return flops_exact / self.throughput * max(self.gpus_per_run, 1) / 3600
+        """Device-hours of a run: its wall time (no margin) times the devices it holds."""
+        return flops_exact / self.throughput * self.devices_per_run / 3600
 
 
 def _search_dirs() -> list[Path]:

@@ -141,16 +141,22 @@ class SlurmBackend:
 
     def parameters(self, *, minutes: int, name: str, comment: str) -> dict[str, Any]:
         pr = self.profile
+        # the allocation is shaped like one run's ranks (tasks per node x nodes, a GPU each); the
+        # job's own process is one task of it, and starts the ranks as a step with srun
+        # (isoflop/train/distributed.py). Slurm itself packs jobs of a few GPUs onto one node.
         p: dict[str, Any] = {
-            "job_name": name, "time": minutes, "comment": comment, "nodes": 1, "ntasks_per_node": 1,
+            "job_name": name, "time": minutes, "comment": comment, "nodes": pr.nodes_per_run,
+            "ntasks_per_node": pr.ranks // pr.nodes_per_run,
             "cpus_per_task": pr.cpus_per_task, "array_parallelism": pr.array_parallelism,
             "signal_delay_s": pr.signal_delay_s, "stderr_to_stdout": True,
         }
+        if pr.ranks > 1:
+            p["srun_args"] = ["--ntasks=1", "--nodes=1"]
         for k in ("partition", "account", "qos", "constraint"):
             if getattr(pr, k):
                 p[k] = getattr(pr, k)
         if pr.gpus_per_run:
-            p["gpus_per_node"] = pr.gpus_per_run
+            p["gpus_per_node"] = pr.gpus_per_run // pr.nodes_per_run
         if pr.mem_gb:
             p["mem"] = f"{int(math.ceil(pr.mem_gb * 1024))}MB"
         if pr.setup:
@@ -185,7 +191,8 @@ class SlurmBackend:
             ex = submitit.SlurmExecutor(folder=root / ".submitit" / arr.token, max_num_timeout=arr.requeues)
             ex.update_parameters(**arr.parameters)
             with ex.batch():
-                jobs = [ex.submit(PackedJob([str(root / r) for r in job.run_ids], self.profile.srun))
+                launch = self.profile.launch_env()
+                jobs = [ex.submit(PackedJob([str(root / r) for r in job.run_ids], self.profile.srun, launch))
                         for job in arr.jobs]
         except Exception as e:  # sbatch refused (bad partition/account, limits) or not reachable
             raise DispatchError(f"sbatch failed for {arr.name}: {_first_error(e)}") from None

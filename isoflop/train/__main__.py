@@ -21,11 +21,19 @@ def main(argv: list[str] | None = None) -> int:
 
     from isoflop.train.config import ConfigError, RunConfig
 
+    from isoflop.train import distributed
+
     try:
-        RunConfig.load(args.run_dir)  # fail fast, before importing torch
-    except ConfigError as e:
+        cfg = RunConfig.load(args.run_dir)  # fail fast, before importing torch
+        world = max(distributed.wanted_tasks(), distributed.rank_env().world)
+        distributed.micro_batches(cfg.batch_seqs, world, distributed.micro_seqs_setting(cfg.extra))
+    except (ConfigError, distributed.LayoutError) as e:
         print(f"isoflop.train: {e}", file=sys.stderr)
         return EXIT_CONFIG
+
+    if distributed.should_launch():
+        # ISOFLOP_TASKS_PER_RUN ranks asked for: start them (srun in an allocation, else here)
+        return distributed.launch(argv if argv is not None else sys.argv[1:])
 
     from isoflop.train.checkpoint import Preempted
     from isoflop.train.job import train
@@ -35,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as e:
         print(f"isoflop.train: {e}", file=sys.stderr)
         return EXIT_PREEMPTED
-    print(json.dumps({k: result.get(k) for k in ("run_id", "status", "val_loss", "steps", "wall_s")}))
+    if distributed.rank_env().is_main:
+        print(json.dumps({k: result.get(k) for k in ("run_id", "status", "val_loss", "steps", "wall_s")}))
     return EXIT_OK
 
 

@@ -187,3 +187,10 @@ def eval_batches(splits: Splits, n_batches: int, batch_seqs: int, seq_len: int, 
     """Fixed held-out batches: depend only on the eval seed, the val split and the sizes."""
     return [gather(splits.val, batch_indices(len(splits.val), eval_seed, i, batch_seqs, seq_len, EVAL_TAG), seq_len)
             for i in range(n_batches)]
+
+
+def train_rows(splits: Splits, seed: int, step: int, batch_seqs: int, seq_len: int, lo: int, hi: int) -> np.ndarray:
+    """Rows lo:hi of step `step`'s batch (one rank's share): the same tokens whatever the number of
+    ranks, so a run resumed on another number of ranks sees the same data."""
+    offsets = batch_indices(len(splits.train), seed, step, batch_seqs, seq_len)[lo:hi]
+    return gather(splits.train, offsets, seq_len)

@@ -24,9 +24,10 @@ from typing import Any
 from isoflop.state import ResultKind
 from isoflop.schemas import check_result, set_aside_result
 from isoflop.train import checkpoint as ckpt
+from isoflop.train import distributed
 from isoflop.train.checkpoint import Preempted, request_stop
 from isoflop.train.config import RunConfig
-from isoflop.train.loop import METRICS_NAME, RESULT_NAME, fingerprint, run
+from isoflop.train.loop import METRICS_NAME, RESULT_NAME, fingerprint, pick_device, run
 
 __all__ = ["train", "Preempted", "request_stop", "read_result"]
 
@@ -70,6 +71,33 @@ def train(run_dir: str | Path, install_signal_handlers: bool = True, force: bool
     `request_stop()` was called); requeue the job to resume.
     """
     cfg = RunConfig.load(run_dir)
+    rank = distributed.rank_env()
+    if install_signal_handlers:  # before the ranks meet: a stop that comes early is not lost
+        ckpt.install_signal_handlers()
+    group = None
+    try:
+        if rank.world > 1:
+            dev_type = pick_device(cfg).type
+            distributed.bind_device(rank, dev_type)
+            group = distributed.Group(rank, dev_type)
+        # rank 0 alone looks at (and moves) earlier results; the others follow its decision
+        prev = None
+        if rank.is_main:
+            prev = _previous_result(run_dir, cfg, force)
+        reuse = group.max_ints([int(prev is not None)])[0] if group else int(prev is not None)
+        if reuse:
+            return prev if prev is not None else (read_result(run_dir) or {})
+        return run(cfg, run_dir, group)
+    finally:
+        if group is not None:
+            group.close()
+        if install_signal_handlers:
+            ckpt.uninstall_signal_handlers()
+        ckpt.clear_stop()
+
+
+def _previous_result(run_dir: str | Path, cfg: RunConfig, force: bool) -> dict[str, Any] | None:
+    """This definition's finished result, or None (after moving another definition's aside)."""
     if not force and (prev := _reusable(run_dir, cfg, fingerprint(cfg))) is not None:
         return prev
     if prev_path := _stale_result(run_dir, fingerprint(cfg)):
@@ -79,11 +107,4 @@ def train(run_dir: str | Path, install_signal_handlers: bool = True, force: bool
         if metrics.exists():
             metrics.rename(metrics.with_name(f"metrics.{old_fp}.jsonl"))
         prev_path.rename(prev_path.with_name(f"result.{old_fp}.json"))
-    if install_signal_handlers:
-        ckpt.install_signal_handlers()
-    try:
-        return run(cfg, run_dir)
-    finally:
-        if install_signal_handlers:
-            ckpt.uninstall_signal_handlers()
-        ckpt.clear_stop()
+    return None

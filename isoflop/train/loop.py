@@ -33,10 +33,12 @@ from isoflop import atomic
 from isoflop.plan import flops as plan_flops
 from isoflop.train import checkpoint as ckpt
 from isoflop.train import data as data_mod
+from isoflop.train import distributed
 from isoflop.train.checkpoint import Preempted
 from isoflop.train.config import RunConfig
 from isoflop.train.flops_count import measured_flops_per_token
 from isoflop.train.model import GPT, GPTConfig
+from isoflop.train.trackers import open_trackers
 
 RESULT_NAME = "result.json"
 METRICS_NAME = "metrics.jsonl"
@@ -146,42 +148,66 @@ def _truncate_metrics(path: Path, upto_step: int) -> None:
     os.replace(tmp, path)
 
 
-def make_train_step(model, opt: torch.optim.Optimizer, params: list[torch.Tensor], clip: float, amp):
-    """One optimisation step on a (B, T+1) token batch; returns the detached loss (no sync)."""
+def make_train_step(model, opt: torch.optim.Optimizer, params: list[torch.Tensor], clip: float, amp,
+                    accum: int = 1):
+    """One optimisation step on a (B, T+1) token batch, as `accum` micro-batches whose gradients
+    add up to the whole batch's; returns the detached mean loss (no sync). Under DDP only the last
+    micro-batch's backward all-reduces."""
     clip_on = bool(clip and clip > 0)
+    inner = getattr(model, "_orig_mod", model)  # torch.compile wraps the DDP module
+    no_sync = getattr(inner, "no_sync", contextlib.nullcontext)
+
+    def backward(xy: torch.Tensor) -> torch.Tensor:
+        if accum == 1:
+            with amp():
+                _, loss = model(xy[:, :-1], xy[:, 1:])
+            loss.backward()
+            return loss.detach()
+        total = None
+        for i, mb in enumerate(xy.chunk(accum)):
+            with no_sync() if i < accum - 1 else contextlib.nullcontext():
+                with amp():
+                    _, loss = model(mb[:, :-1], mb[:, 1:])
+                (loss / accum).backward()
+            total = loss.detach() if total is None else total + loss.detach()
+        return total / accum
 
     def train_step(xy: torch.Tensor) -> torch.Tensor:
-        with amp():
-            _, loss = model(xy[:, :-1], xy[:, 1:])
-        loss.backward()
+        loss = backward(xy)
         if clip_on:
             torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return loss.detach()
+        return loss
 
     return train_step
 
 
 @torch.no_grad()
-def evaluate(model: GPT, batches: list[torch.Tensor], amp) -> float:
-    """Mean cross-entropy (no z-loss) over the fixed held-out batches."""
+def evaluate(model: GPT, batches: list[torch.Tensor], amp, group: distributed.Group | None = None,
+             n_batches: int | None = None, device: torch.device | str = "cpu") -> float:
+    """Mean cross-entropy (no z-loss) over the fixed held-out batches. With several ranks each
+    scores its share of them (`batches`) and the sums meet in float64."""
     was = model.training
     model.eval()
-    tot = torch.zeros((), dtype=torch.float64, device=batches[0].device)
+    tot = torch.zeros((), dtype=torch.float64, device=batches[0].device if batches else device)
     for b in batches:
         with amp():
             logits, _ = model(b[:, :-1])
         tot += F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), b[:, 1:].reshape(-1)).double()
     model.train(was)
-    return float(tot.item() / len(batches))
+    if group is not None:
+        group.sum_(tot)
+    return float(tot.item() / (n_batches or len(batches)))
 
 
 # ---- the loop ----------------------------------------------------------------------------------
-def run(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
+def run(cfg: RunConfig, run_dir: str | Path, group: distributed.Group | None = None) -> dict[str, Any]:
     """Train the run defined by cfg in run_dir; return the result dict (also written to result.json).
 
     Raises Preempted (after writing a checkpoint) when a stop was requested (see checkpoint.py).
+    With a `group` of several ranks (distributed.py) the batch is split over them; rank 0 alone
+    writes metrics, checkpoints and the result, and every rank returns the same result.
     """
     t_start = time.time()
     run_dir = Path(run_dir)
@@ -193,6 +219,12 @@ def run(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     dev = pick_device(cfg)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", torch.cuda.current_device())  # the rank's own GPU (bind_device)
+    group = group or distributed.Group(distributed.RankEnv(), dev.type)
+    main = group.is_main
+    per_rank, accum = distributed.micro_batches(B, group.world, distributed.micro_seqs_setting(cfg.extra))
+    rows = (group.rank * per_rank, (group.rank + 1) * per_rank)
     dtype = pick_dtype(cfg, dev)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -227,15 +259,23 @@ def run(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
     groups = opt.param_groups  # after load_state_dict, which replaces the group dicts
     params = [p for g in groups for p in g["params"]]
     metrics_path = run_dir / METRICS_NAME
-    _truncate_metrics(metrics_path, start_step)
+    if main:
+        _truncate_metrics(metrics_path, start_step)
 
     train_model = model
-    if cfg.compile and dev.type == "cuda":
-        train_model = torch.compile(model)  # type: ignore[assignment]
-    train_step = make_train_step(train_model, opt, params, cfg.optimizer.grad_clip, amp)
+    if group.active:
+        from torch.nn.parallel import DistributedDataParallel as DDP
 
-    eval_batches = [torch.from_numpy(b).to(dev) for b in
-                    data_mod.eval_batches(splits, cfg.eval.batches, cfg.eval.batch_seqs, T, cfg.eval.seed)]
+        train_model = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    compiled = bool(cfg.compile and dev.type == "cuda")
+    if compiled:
+        train_model = torch.compile(train_model)  # type: ignore[assignment]
+    train_step = make_train_step(train_model, opt, params, cfg.optimizer.grad_clip, amp, accum)
+
+    all_eval = data_mod.eval_batches(splits, cfg.eval.batches, cfg.eval.batch_seqs, T, cfg.eval.seed)
+    eval_batches = [torch.from_numpy(b).to(dev) for b in all_eval[group.rank::group.world]]
+    n_eval = len(all_eval)
+    peak_flops = float(os.environ.get(distributed.ENV_PEAK) or 0)  # one device's; 0: MFU unknown
 
     ckpt_every_steps = int(os.environ.get(ENV_CKPT_STEPS, "0") or 0)
     step_sleep = float(os.environ.get(ENV_STEP_SLEEP, "0") or 0)
@@ -254,20 +294,29 @@ def run(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
     acc = torch.tensor(acc_sum, dtype=torch.float32, device=dev)
 
     def acc_sum_value() -> float:
-        return float(acc.item())
+        """The loss sum since the last log line, averaged over ranks (a collective when several)."""
+        return float(group.mean_(acc.clone()).item()) if group.active else float(acc.item())
+
+    def mfu(tokens_per_s: float) -> float | None:
+        return measured_fpt * tokens_per_s / (peak_flops * group.world) if peak_flops > 0 else None
+
+    def evaluate_now() -> float:
+        return evaluate(model, eval_batches, amp, group if group.active else None, n_eval, dev)
 
     diverged_step: int | None = None
     train_loss: float | None = None
-    mf = open(metrics_path, "a")
+    mf = open(metrics_path if main else os.devnull, "a")
+    trackers = open_trackers(cfg, run_dir, main)  # W&B / TensorBoard when run.json names them
     t_ckpt = time.monotonic()
     t_win, tok_win = time.time(), 0
+    t_loop = time.time()
     step = start_step
     try:
         for step in range(start_step, steps):
             lr = peak * lr_multiplier(step, cfg)
             for g in groups:
                 g["lr"] = lr * g["lr_mult"]
-            xy = torch.from_numpy(data_mod.train_batch(splits, cfg.seed, step, B, T))
+            xy = torch.from_numpy(data_mod.train_rows(splits, cfg.seed, step, B, T, *rows))
             if pin:
                 xy = xy.pin_memory().to(dev, non_blocking=True)
             ld = train_step(xy)
@@ -277,7 +326,7 @@ def run(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
             tok_win += B * T
 
             if done % check_every == 0 or done == steps:
-                lv = float(ld.item())
+                lv = float(group.mean_(ld.clone()).item()) if group.active else float(ld.item())
                 if not math.isfinite(lv) or lv > 4 * ln_v or (done > w_steps and lv > 2 * ln_v):
                     diverged_step = done
                     train_loss = lv
@@ -286,43 +335,61 @@ def run(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
             if done % log_every == 0 or done == steps:
                 now = time.time()
                 train_loss = acc_sum_value() / max(acc_n, 1)
+                tps = tok_win / max(now - t_win, 1e-9)
                 rec: dict[str, Any] = {"step": done, "tokens": done * B * T, "flops": measured_fpt * done * B * T,
-                                       "train_loss": train_loss, "lr": lr,
-                                       "tokens_per_s": tok_win / max(now - t_win, 1e-9),
+                                       "train_loss": train_loss, "lr": lr, "tokens_per_s": tps,
                                        "wall_s": wall_before + now - t_start}
+                if peak_flops > 0:
+                    rec["mfu"] = mfu(tps)
                 if (cfg.eval.every and done % cfg.eval.every == 0) or done == steps:
-                    last_val = evaluate(model, eval_batches, amp)
+                    last_val = evaluate_now()
                     rec["val_loss"] = last_val
                 mf.write(json.dumps(_clean(rec)) + "\n")
                 mf.flush()
+                trackers.log(rec)
                 acc.zero_()
                 acc_n = 0
                 t_win, tok_win = time.time(), 0
             elif cfg.eval.every and done % cfg.eval.every == 0:
-                last_val = evaluate(model, eval_batches, amp)
+                last_val = evaluate_now()
                 mf.write(json.dumps(_clean({"step": done, "tokens": done * B * T, "val_loss": last_val})) + "\n")
                 mf.flush()
+                trackers.log({"step": done, "tokens": done * B * T, "val_loss": last_val})
 
             if done < steps:
                 stop, signum = ckpt.stop_requested()
+                due = bool((ckpt_every_steps and done % ckpt_every_steps == 0) or (
+                    main and cfg.checkpoint_every_s > 0 and time.monotonic() - t_ckpt >= cfg.checkpoint_every_s))
+                if group.active:  # every rank stops (and checkpoints) at the same step, or none does
+                    s_all, due_i = group.max_ints([(signum or 255) if stop else 0, int(due)])
+                    stop, due = s_all > 0, bool(due_i)
+                    signum = s_all if 0 < s_all < 255 else signum
                 if stop:
-                    path = ckpt.save(run_dir, state_dict(done))
+                    state = state_dict(done)
+                    path = ckpt.save(run_dir, state) if main else run_dir / ckpt.CHECKPOINT_NAME
+                    group.barrier()  # no rank is gone before the checkpoint is on disk
                     ckpt.clear_stop()
                     raise Preempted(done, signum, str(path))
-                if (ckpt_every_steps and done % ckpt_every_steps == 0) or (
-                        cfg.checkpoint_every_s > 0 and time.monotonic() - t_ckpt >= cfg.checkpoint_every_s):
-                    ckpt.save(run_dir, state_dict(done))
+                if due:
+                    state = state_dict(done)
+                    if main:
+                        ckpt.save(run_dir, state)
                     t_ckpt = time.monotonic()
             if step_sleep:
                 time.sleep(step_sleep)
+    except BaseException:
+        trackers.close(1)  # preempted or failed: the next attempt resumes the same tracker run
+        raise
     finally:
         mf.close()
 
     diverged = diverged_step is not None
     done_steps = diverged_step if diverged else steps
+    loop_s = time.time() - t_loop
+    tokens_per_s = (done_steps - start_step) * B * T / loop_s if loop_s > 0 else None
     val_loss = None
     if diverged:
-        with open(metrics_path, "a") as f:
+        with open(metrics_path if main else os.devnull, "a") as f:
             f.write(json.dumps(_clean({"step": diverged_step, "tokens": diverged_step * B * T,
                                        "train_loss": train_loss, "diverged": True})) + "\n")
     else:
@@ -359,12 +426,20 @@ def run(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
         "device": str(dev) if dev.type == "cpu" else f"cuda:{torch.cuda.get_device_name(dev)}",
         "dtype": dtype,
         "threads": torch.get_num_threads() if dev.type == "cpu" else None,
-        "compiled": train_model is not model,
+        "compiled": compiled,
+        "world_size": group.world,
+        "micro_batch_seqs": per_rank // accum,
+        "accumulation_steps": accum,
+        "tokens_per_s": tokens_per_s,
+        "mfu": mfu(tokens_per_s) if tokens_per_s else None,
         "resumed_from_step": resumed_from,
         "fingerprint": fp,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    write_json_atomic(run_dir / RESULT_NAME, result)
-    if not cfg.keep_checkpoint:
-        ckpt.remove(run_dir)
+    if main:
+        write_json_atomic(run_dir / RESULT_NAME, result)
+        trackers.finish(_clean(result))
+        if not cfg.keep_checkpoint:
+            ckpt.remove(run_dir)
+    group.barrier()  # the result is on disk before any rank reports the run done
     return _clean(result)
