@@ -217,14 +217,29 @@ def check_fit_options(*, minimizer: str, method: str, bootstrap: int, seed: int,
         raise UserError(f"window {window} applies to minimizer 'parabola'; the Akima minimizer uses every size")
 
 
+@dataclass(frozen=True, eq=False)
+class SweepFit:
+    """What `isoflop fit` computes before it prints: `fit_report`'s answer (no pandas)."""
+
+    report: "FitReport"
+    json: dict[str, Any]            # what `isoflop fit --json` prints (less `plots`)
+    spec: Any                       # the stored Spec (None for a CSV)
+    shapes: dict[float, dict[str, Any]]   # predicted budget -> suggested shape (from the spec)
+    simulated: bool                 # the sweep's losses were drawn by the `simulate` template
+
+
 def fit_report(sweep: Optional[str] = None, *, csv: Optional[str | Path] = None, engine: Any = None,
                db: Optional[str] = None, workdir: Optional[str | Path] = None, window: int | str = 5,
                minimizer: str = "akima", keep_flagged: bool = False, bootstrap: int = 1000, seed: int = 0,
-               predict: Sequence[float] = (), holdout_top: int = 0, method: str = "auto"
-               ) -> tuple["FitReport", dict[str, Any]]:
-    """`fit_result` without pandas: the frozen FitReport and what `isoflop fit --json` prints.
-    `engine` (an open store) takes the place of db/workdir."""
+               predict: Sequence[float] = (), holdout_top: int = 0, method: str = "auto") -> SweepFit:
+    """The fit of a sweep in the store (or of a CSV of runs) as `isoflop fit` makes it: the one code
+    path behind `isoflop fit`, `isoflop report` and `fit_result`. `engine` (an open store) takes the
+    place of db/workdir."""
+    import math
+    from dataclasses import replace
+
     from .fit import FitTable, fit_sweep
+    from .fit.hparams import hparams_of_table, mark_best_variants, read_hparam_columns, row_columns
 
     if (sweep is None) == (csv is None):
         raise UserError("give either a sweep name or csv=FILE")
@@ -236,6 +251,8 @@ def fit_report(sweep: Optional[str] = None, *, csv: Optional[str | Path] = None,
         from .fit import read_csv
 
         table = read_csv(csv)
+        lr_col, batch_col = read_hparam_columns(csv)
+        table = mark_best_variants(table, lr_col, batch_col)
     else:
         from .spec import parse_spec
         from .store.results import fit_inputs
@@ -243,21 +260,32 @@ def fit_report(sweep: Optional[str] = None, *, csv: Optional[str | Path] = None,
         spec_json, rows, curves_in = fit_inputs(engine if engine is not None else _engine(db, workdir), sweep)
         spec, curves_in = parse_spec(spec_json), curves_in or None
         if not any(r["state"] == "completed" for r in rows):
-            raise UserError(f"sweep {sweep!r} has no completed runs yet ({len(rows)} planned)")
+            raise UserError(f"sweep {sweep!r} has no completed runs yet ({len(rows)} planned); "
+                            f"see `isoflop status {sweep}`")
         table = FitTable.from_rows(rows)
+        lr_col, batch_col = row_columns(rows)
     report = fit_sweep(table, window=None if window == "all" else window, minimizer=minimizer,
                        keep_flagged=keep_flagged, bootstrap=bootstrap, seed=seed, predict=predict,
                        holdout_top=holdout_top, parametric=None if method == "none" else method, curves=curves_in)
-    out = report.to_json()
+    report = replace(report, hparams=hparams_of_table(
+        table, lr_col, batch_col, [f.budget for f in report.budgets], bootstrap=bootstrap, seed=seed,
+        sigma=report.noise.sigma if report.noise is not None else math.nan))
+    simulated = spec is not None and spec.trainer.template == "simulate"
+    shapes: dict[float, dict[str, Any]] = {}
     if spec is not None:
         from .plan.grid import shape_for_params
 
-        for p, pj in zip(report.predictions, out.get("predictions") or []):
+        for p in report.predictions:
             try:
-                pj["shape"] = shape_for_params(spec, p.n_opt_estimate)
+                shapes[p.budget] = shape_for_params(spec, p.n_opt_estimate)
             except ValueError:
                 pass
-    return report, out
+    out = report.to_json()
+    out["simulated"] = simulated
+    for pj in out.get("predictions") or []:
+        if pj.get("budget") in shapes:
+            pj["shape"] = shapes[pj["budget"]]
+    return SweepFit(report=report, json=out, spec=spec, shapes=shapes, simulated=simulated)
 
 
 def fit_result(sweep: Optional[str] = None, *, csv: Optional[str | Path] = None, db: Optional[str] = None,
@@ -275,9 +303,10 @@ def fit_result(sweep: Optional[str] = None, *, csv: Optional[str | Path] = None,
     True
     """
     pd = _pd()
-    report, out = fit_report(sweep, csv=csv, db=db, workdir=workdir, window=window, minimizer=minimizer,
-                             keep_flagged=keep_flagged, bootstrap=bootstrap, seed=seed, predict=predict,
-                             holdout_top=holdout_top, method=method)
-    return FitResult(report=report, optima=_optima_frame(out["budgets"]), frontier=_frontier_frame(out["frontier"]),
+    res = fit_report(sweep, csv=csv, db=db, workdir=workdir, window=window, minimizer=minimizer,
+                     keep_flagged=keep_flagged, bootstrap=bootstrap, seed=seed, predict=predict,
+                     holdout_top=holdout_top, method=method)
+    out = res.json
+    return FitResult(report=res.report, optima=_optima_frame(out["budgets"]), frontier=_frontier_frame(out["frontier"]),
                      predictions=_predictions_frame(out["predictions"]),
                      excluded=pd.DataFrame(out["excluded"], columns=["run_id", "budget", "reason"]), json=out)

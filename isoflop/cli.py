@@ -415,6 +415,11 @@ def submit(
     if not res.runs:
         skipped = ", ".join(f"{v} {k}" for k, v in sorted(res.skipped.items())) or "none"
         console.print(f"nothing to submit for sweep {sweep!r} (runs by state: {skipped})")
+        # a scancel from outside leaves runs cancelled: they are not submitted until reset
+        again = [f"`isoflop retry {sweep}{flag}` ({res.skipped[st]} {st})" for st, flag in
+                 (("cancelled", " --cancelled"), ("failed", ""), ("lost", " --lost")) if res.skipped.get(st)]
+        if again:
+            console.print("to run them again: " + ", ".join(again) + ", then submit")
         return
     t = Table(show_edge=False, title="dry run: nothing submitted, nothing stored" if dry_run else None,
               title_justify="left")
@@ -589,46 +594,13 @@ def fit(
     k = _parse_window(window)
     if minimizer == "akima" and window != "5":
         fail(f"--window {window} applies to --minimizer parabola; the Akima minimizer (default) uses every size")
-    from .fit import FitTable, fit_sweep
+    from .api import fit_report
 
-    spec = curves = None
-    if csv is not None:
-        from .fit import read_csv
-
-        table = read_csv(csv)
-    else:
-        from .spec import parse_spec
-        from .store.results import fit_inputs
-
-        spec_json, rows, curves = fit_inputs(_engine(write=False), sweep)
-        spec, curves = parse_spec(spec_json), curves or None
-        if not any(r["state"] == "completed" for r in rows):
-            fail(f"sweep {sweep!r} has no completed runs yet ({len(rows)} planned); see `isoflop status {sweep}`")
-        table = FitTable.from_rows(rows)
-    from .fit.hparams import hparams_of_table, mark_best_variants, read_hparam_columns, row_columns
-
-    lr_col, batch_col = read_hparam_columns(csv) if csv is not None else row_columns(rows)
-    if csv is not None:
-        table = mark_best_variants(table, lr_col, batch_col)
-    report = fit_sweep(
-        table, window=k, minimizer=minimizer, keep_flagged=keep_flagged, bootstrap=bootstrap, seed=seed,
-        predict=predict, holdout_top=holdout_top, parametric=None if method == "none" else method, curves=curves,
-    )
-    from dataclasses import replace as _replace
-
-    report = _replace(report, hparams=hparams_of_table(
-        table, lr_col, batch_col, [f.budget for f in report.budgets], bootstrap=bootstrap, seed=seed,
-        sigma=report.noise.sigma if report.noise is not None else math.nan))
-    simulated = spec is not None and spec.trainer.template == "simulate"
-    shapes = {}
-    if spec is not None:
-        from .plan.grid import shape_for_params
-
-        for p in report.predictions:
-            try:
-                shapes[p.budget] = shape_for_params(spec, p.n_opt_estimate)
-            except ValueError:
-                pass
+    # one code path with `isoflop report` and the notebook API (isoflop.fit_result)
+    res = fit_report(sweep, csv=csv, engine=None if csv is not None else _engine(write=False),
+                     window="all" if k is None else k, minimizer=minimizer, keep_flagged=keep_flagged,
+                     bootstrap=bootstrap, seed=seed, predict=predict, holdout_top=holdout_top, method=method)
+    report, spec, shapes, simulated = res.report, res.spec, res.shapes, res.simulated
     written = []
     if plot is not None:
         from .fit.plots import save_plots
@@ -639,11 +611,7 @@ def fit(
 
             written.append(save_hparams_plot(report.hparams, plot))
     if as_json:
-        out = report.to_json()
-        out["simulated"] = simulated
-        for p in out.get("predictions") or []:
-            if p.get("budget") in shapes:
-                p["shape"] = shapes[p["budget"]]
+        out = res.json
         if written:
             out["plots"] = [str(w) for w in written]
         print(json.dumps(out))

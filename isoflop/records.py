@@ -100,6 +100,7 @@ def run_rows(engine: Any, sweep: str, *, provenance: bool = True) -> list[dict[s
             res = _result_json(rdir) if provenance and r.state in ("completed", "diverged") else {}
             row: dict[str, Any] = {"sweep": sw.name, "run_id": r.run_id}
             row.update({c: getattr(r, c) for c in LEDGER})
+            row["lr"] = r.lr * (r.lr_scale or 1.0)   # what it trains with, as `fit` reads it (planned × lr_scale)
             row.update(state=fr["state"], reason=fr["reason"] or None, loss=r.val_loss, run_state=r.state)
             row.update({c: getattr(r, c) for c in OUTCOME})
             row.update(attempts=k, executor=a and a.executor, job_id=a and a.job_id, node=a and a.node,

@@ -273,7 +273,8 @@ def write_report(engine: Any, sweep: str, out: Path, **fit_options: Any) -> Path
     runs = run_rows(engine, sweep, provenance=False)
     report = fit_json = no_fit = None
     if any(r["state"] == "completed" for r in runs):
-        report, fit_json = fit_report(sweep, engine=engine, **fit_options)
+        res = fit_report(sweep, engine=engine, **fit_options)
+        report, fit_json = res.report, res.json
     else:
         no_fit = f"sweep {sweep!r} has no completed runs yet ({len(runs)} planned)"
     _write(out, render_html(sweep, spec, runs, report, fit_json, no_fit).encode())
