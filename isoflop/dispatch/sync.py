@@ -22,6 +22,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from ..store.engine import lock_sweep
 from ..store.ingest import ingest_metrics, result_updates
 from ..store.models import ACTIVE_STATES, Attempt, Run, utcnow
 from ..store.sweeps import get_sweep
@@ -150,6 +151,7 @@ def sync_active(engine: Engine, sweep_name: str, *, have_lock: bool = False) -> 
     warnings: list[str] = []
     with Session(engine) as s, s.begin():
         sw = get_sweep(s, sweep_name)
+        lock_sweep(s, sw.id)  # two syncs of one sweep take turns (a server has no single writer)
         rows = _active_rows(s, sw.id)
         if not rows:
             return 0, "none", warnings

@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import json
 
-from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -20,6 +20,12 @@ RUN_STATES = tuple(s.value for s in RunState)
 ACTIVE_STATES = tuple(s.value for s in RUN_ACTIVE)
 FINAL_STATES = tuple(s.value for s in RUN_FINAL)
 ATTEMPT_STATES = tuple(s.value for s in AttemptState)
+
+
+# Counts that pass 2^31 in real sweeps (tokens, parameters, seeds up to 2^32, byte offsets): 64-bit
+# on a server, where INTEGER is 32-bit; plain INTEGER (already 64-bit) on SQLite, so that the
+# SQLite schema, and its version, stay as they were.
+BigInt = BigInteger().with_variant(Integer(), "sqlite")
 
 
 def utcnow() -> datetime:
@@ -74,18 +80,18 @@ class Run(Base):
     n_layer: Mapped[int] = mapped_column(Integer)
     d_model: Mapped[int] = mapped_column(Integer)
     n_head: Mapped[int] = mapped_column(Integer)
-    params: Mapped[int] = mapped_column(Integer)
-    params_non_embedding: Mapped[int] = mapped_column(Integer)
-    params_with_output: Mapped[int] = mapped_column(Integer)
-    params_all: Mapped[int] = mapped_column(Integer)
-    tokens: Mapped[int] = mapped_column(Integer)
+    params: Mapped[int] = mapped_column(BigInt)
+    params_non_embedding: Mapped[int] = mapped_column(BigInt)
+    params_with_output: Mapped[int] = mapped_column(BigInt)
+    params_all: Mapped[int] = mapped_column(BigInt)
+    tokens: Mapped[int] = mapped_column(BigInt)
     steps: Mapped[int] = mapped_column(Integer)
     batch_seqs: Mapped[int] = mapped_column(Integer)
-    batch_tokens: Mapped[int] = mapped_column(Integer)
+    batch_tokens: Mapped[int] = mapped_column(BigInt)
     lr: Mapped[float] = mapped_column(Float)
     lr_mult: Mapped[float] = mapped_column(Float, default=1.0)
     batch_mult: Mapped[float] = mapped_column(Float, default=1.0)
-    seed: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(BigInt)
     flops: Mapped[float] = mapped_column(Float)
     flops_6nd: Mapped[float] = mapped_column(Float)
     flops_6nd_attention: Mapped[float] = mapped_column(Float)
@@ -97,12 +103,12 @@ class Run(Base):
     val_loss: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
     train_loss: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
     step_done: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
-    tokens_done: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    tokens_done: Mapped[Optional[int]] = mapped_column(BigInt, nullable=True)
     tokens_per_s: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
     measured_flops: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
     wall_s: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
     diverged_step: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
-    metrics_offset: Mapped[int] = mapped_column(Integer, default=0)  # bytes of metrics.jsonl ingested
+    metrics_offset: Mapped[int] = mapped_column(BigInt, default=0)  # bytes of metrics.jsonl ingested
     # dispatch: the lr scale of the next attempts (retry --lr-scale), and how many attempts a retry
     # stopped counting against the profile's max_attempts
     lr_scale: Mapped[float] = mapped_column(Float, default=1.0)
@@ -142,7 +148,7 @@ class Metric(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_pk: Mapped[int] = mapped_column(ForeignKey("runs.id"))
     step: Mapped[int] = mapped_column(Integer)
-    tokens: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    tokens: Mapped[Optional[int]] = mapped_column(BigInt, nullable=True)
     flops: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
     train_loss: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
     val_loss: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
