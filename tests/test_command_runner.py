@@ -316,14 +316,22 @@ def test_builtin_round_trip(tmp_path, monkeypatch):
 # ------------------------------------------------------------------ the shipped nanogpt template
 
 
-def _nanogpt_run(tmp_path: Path, name: str) -> Path:
+def _nanogpt_run(tmp_path: Path, name: str, **over) -> Path:
+    """A run for the shipped nanogpt template as the template needs it: nanoGPT's model family,
+    vocab_size from the dataset's meta.pkl, no data: block, N without the position embedding."""
+    import pickle
+
     ng = tmp_path / "nanoGPT"
     (ng / "data" / "toy").mkdir(parents=True, exist_ok=True)
-    return make_run(tmp_path, name, steps=40, trainer="nanogpt", lr=0.5,
-                    schedule={"kind": "cosine", "warmup_frac": 0.1, "min_lr_frac": 0.1, "decay_frac": 0.2},
-                    compile=False, dtype="fp32", device="cpu",
-                    vars={"nanogpt_dir": str(ng), "train_py": str(REPO / "tests/scripts/nanogpt_like/train.py"),
-                          "dataset": "toy", "eval_interval": 10, "log_interval": 5, "eval_iters": 2})
+    (ng / "data" / "toy" / "meta.pkl").write_bytes(pickle.dumps({"vocab_size": 2}))
+    fields = dict(steps=40, trainer="nanogpt", lr=0.5,
+                  schedule={"kind": "cosine", "warmup_frac": 0.1, "min_lr_frac": 0.1, "decay_frac": 0.2},
+                  compile=False, dtype="fp32", device="cpu", data={"kind": "stdlib", "path": None},
+                  shape={"n_layer": 1, "d_model": 16, "n_head": 1, "vocab_size": 2, "seq_len": 1, "mlp": "gelu",
+                         "tied": True, "qk_norm": False}, param_convention="with_output",
+                  vars={"nanogpt_dir": str(ng), "train_py": str(REPO / "tests/scripts/nanogpt_like/train.py"),
+                        "dataset": "toy", "eval_interval": 10, "log_interval": 5, "eval_iters": 2})
+    return make_run(tmp_path, name, **(fields | over))
 
 
 def test_nanogpt_template_end_to_end(tmp_path, monkeypatch):
@@ -349,6 +357,71 @@ def test_nanogpt_template_end_to_end(tmp_path, monkeypatch):
     out = second.wait(timeout=60)
     assert out.state == "completed", out.reason
     assert out.result["val_loss"] == ref.result["val_loss"]
+
+
+def test_nanogpt_device_auto_threads_and_tok_s(tmp_path, monkeypatch):
+    """device: auto reaches nanoGPT as the node's device (its own default, cuda, fails on a CPU
+    node); trainer.threads as OMP_NUM_THREADS; progress lines get tok/s, so status has an ETA."""
+    import torch
+
+    monkeypatch.setenv("NANOGPT_LIKE_SLEEP", "0.05")  # ~2 s: several progress pumps
+    run_dir = _nanogpt_run(tmp_path, "auto", device="auto", threads=1)
+    out = run_to_end(run_dir, attempt=1)
+    log = (run_dir / "attempt-1.log").read_text()
+    assert out.state == "completed", (out.reason, log[-2000:])
+    assert f"Overriding: device = {'cuda' if torch.cuda.is_available() else 'cpu'}" in log
+    assert "threads: OMP_NUM_THREADS=1" in log
+    rates = [x["tokens_per_s"] for x in metrics(run_dir) if "tokens_per_s" in x]
+    # 64 tokens per step, one step per >= 0.05 s: at most ~1300 tok/s
+    assert rates and all(0 < r < 64 / 0.05 * 1.2 for r in rates), metrics(run_dir)
+
+
+def _trainer_pid(run: CommandRun) -> int:
+    """The script itself, below the command's shell: what an OOM killer would pick."""
+    kids = Path(f"/proc/{run.pid}/task/{run.pid}/children").read_text().split()
+    assert len(kids) == 1, kids
+    return int(kids[0])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
+def test_nanogpt_killed_reason_and_wall_of_the_reused_attempts(tmp_path, monkeypatch):
+    """Attempt 1 is killed (-9) before nanoGPT's first checkpoint: discarded, attempt 2 starts from
+    scratch. Attempt 2 is killed after one: attempt 3 resumes from it. The result's wall_s is that
+    of attempts 2 and 3, and each killed attempt's reason is short (no command line, no "result")."""
+    run_dir = _nanogpt_run(tmp_path, "killed")
+    monkeypatch.setenv("NANOGPT_LIKE_SLEEP", "0.03")
+    ckpt = run_dir / "checkpoint" / "ckpt.pt"
+    for attempt, ready in ((1, lambda: "iter 0:" in (run_dir / "attempt-1.log").read_text()), (2, ckpt.exists)):
+        run = CommandRun(run_dir, attempt=attempt)
+        assert run.command and ("--init_from=scratch" in run.command)
+        run.start()
+        wait_for(lambda: ready() or run.poll() is not None)
+        assert not ckpt.exists() or attempt == 2
+        os.kill(_trainer_pid(run), signal.SIGKILL)
+        out = run.wait(timeout=30)
+        assert out.state == "failed" and out.reason.startswith("exit code 137 (killed by SIGKILL"), out
+        assert "--out_dir" not in out.reason and "result" not in out.reason and len(out.reason) < 150, out.reason
+    monkeypatch.delenv("NANOGPT_LIKE_SLEEP")
+    third = CommandRun(run_dir, attempt=3)
+    assert "--init_from=resume" in third.command
+    third.start()
+    out = third.wait(timeout=60)
+    assert out.state == "completed", out.reason
+    walls = {k: json.loads((run_dir / f"attempt-{k}.outcome.json").read_text())["wall_s"] for k in (1, 2, 3)}
+    assert out.result["wall_s"] == pytest.approx(walls[2] + walls[3]), walls
+
+
+def test_submit_with_only_cancelled_runs_points_to_retry(tmp_path):
+    """After an outside scancel (here: isoflop cancel) every run is cancelled: "nothing to submit"
+    says how to submit them again."""
+    from .conftest import run_isoflop, tiny_spec
+
+    (tmp_path / "tiny.yaml").write_text(tiny_spec(points=1))
+    work = tmp_path / "work"
+    run_isoflop("plan", str(tmp_path / "tiny.yaml"), workdir=work)
+    run_isoflop("cancel", "tiny", workdir=work)
+    out = run_isoflop("submit", "tiny", workdir=work).stdout
+    assert "nothing to submit" in out and "isoflop retry tiny --cancelled" in out, out
 
 
 def _run_lock_free(run_dir: Path) -> bool:

@@ -3,7 +3,9 @@ No training here (see test_command_runner.py for real processes)."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -115,7 +117,8 @@ def test_context_values(tmp_path):
 
 
 def test_nanogpt_flags(tmp_path):
-    d = _definition(trainer="nanogpt", vars={"dataset": "shakespeare_char", "gradient_accumulation_steps": 2})
+    d = _definition(trainer="nanogpt", vars={"dataset": "shakespeare_char", "gradient_accumulation_steps": 2},
+                    param_convention="with_output")
     words = shlex.split(render_command(d, tmp_path))
     flags = dict(w[2:].split("=", 1) for w in words if w.startswith("--"))
     assert words[:2] == [sys.executable, "train.py"]
@@ -221,3 +224,93 @@ def test_preemption_classification(tmp_path):
     assert _collect(tmp_path, exit_code=0, interrupted=10)[0].state == "preempted"  # stopped, no result
     out = _collect(tmp_path, exit_code=-9)[0]
     assert out.state == "failed" and "SIGKILL" in out.reason
+
+
+# ------------------------------------------------------------------ what the nanogpt template checks
+
+
+def _nano(tmp_path: Path, meta=None, **over) -> dict:
+    """A planned run for nanoGPT (params: with_output; nanoGPT's family) with a checkout whose
+    data/toy holds `meta` as meta.pkl (none when None)."""
+    import pickle
+
+    ng = tmp_path / "nanoGPT"
+    (ng / "data" / "toy").mkdir(parents=True, exist_ok=True)
+    if meta is not None:
+        (ng / "data" / "toy" / "meta.pkl").write_bytes(pickle.dumps(meta))
+    d = _definition(trainer="nanogpt", param_convention="with_output", data={"kind": "stdlib", "path": None},
+                    vars={"nanogpt_dir": str(ng), "dataset": "toy"})
+    d["shape"].update(mlp="gelu", tied=True, qk_norm=False)
+    return d | over
+
+
+def _flags(cmd: str) -> dict:
+    return dict(w[2:].split("=", 1) for w in shlex.split(cmd) if w.startswith("--"))
+
+
+def test_nanogpt_device_auto_asks_torch_at_run_time(tmp_path):
+    d = _nano(tmp_path, {"vocab_size": 256})
+    assert _flags(render_command(d | {"device": "cpu"}, tmp_path))["device"] == "cpu"
+    auto = render_command(d | {"device": "auto"}, tmp_path)
+    assert "torch.cuda.is_available()" in auto
+    # the shell resolves it: what `bash -c` passes to nanoGPT is cpu or cuda, never nothing
+    echo = subprocess.run(["bash", "-c", "printf '%s\\n' " + auto.split(" ", 1)[1]], capture_output=True, text=True,
+                          check=True).stdout.split("\n")
+    import torch
+
+    assert f"--device={'cuda' if torch.cuda.is_available() else 'cpu'}" in echo
+
+
+def test_nanogpt_threads_become_omp_num_threads(tmp_path):
+    d = _nano(tmp_path, {"vocab_size": 256})
+    assert job_environment(d | {"threads": 2}, tmp_path)["OMP_NUM_THREADS"] == "2"
+    assert "OMP_NUM_THREADS" not in job_environment(d | {"threads": None}, tmp_path)
+
+
+@pytest.mark.parametrize("meta, over, msg", [
+    ({"vocab_size": 65, "itos": {0: "a"}}, {}, "model.vocab_size is 256 but nanoGPT will build 65 (data/toy/meta.pkl)"),
+    (None, {}, "nanoGPT will build 50304 (data/toy has no meta.pkl"),
+    ({"vocab_size": 256}, {"param_convention": "all"}, "learned position embedding"),
+    ({"vocab_size": 256}, {"data": {"kind": "text", "path": "/data/x.txt"}}, "data: block is not used"),
+    ({"vocab_size": 256}, {"mlp": "swiglu"}, "model.mlp: gelu"),
+    ({"vocab_size": 256}, {"tied": False}, "model.tied: true"),
+])
+def test_nanogpt_refuses_what_it_would_not_train(tmp_path, meta, over, msg):
+    d = _nano(tmp_path, meta)
+    for k in ("mlp", "tied"):
+        if k in over:
+            d["shape"][k] = over.pop(k)
+    with pytest.raises(ValueError, match=re.escape(msg)) as e:
+        render_command(d | over, tmp_path)
+    assert "\n" not in str(e.value)
+    ok = _nano(tmp_path / "ok", {"vocab_size": 256})
+    assert "--n_layer=" in render_command(ok, tmp_path)  # the same run, made right, renders
+
+
+def test_nanogpt_meta_pickle_runs_no_code(tmp_path):
+    import pickle
+
+    d = _nano(tmp_path)
+    (tmp_path / "nanoGPT" / "data" / "toy" / "meta.pkl").write_bytes(pickle.dumps({"vocab_size": Path("x")}))
+    with pytest.raises(ValueError, match="not a pickle of plain data"):
+        render_command(d, tmp_path)
+
+
+@pytest.mark.parametrize("steps, every", [(40, 4), (1000, 100), (433, 433), (2500, 250), (1, 1)])
+def test_nanogpt_default_eval_interval_divides_steps(tmp_path, steps, every):
+    d = _nano(tmp_path, {"vocab_size": 256}) | {"steps": steps}
+    ei = int(_flags(render_command(d, tmp_path))["eval_interval"])
+    assert ei == every and steps % ei == 0
+
+
+def test_killed_reason_is_short(tmp_path):
+    """The shell's "Killed <whole command line>" is not the reason; an earlier evaluation's line
+    matched by result_regex is not "a result was written"."""
+    d = _nano(tmp_path, {"vocab_size": 256}) | {"steps": 40}
+    cmd = render_command(d, tmp_path)
+    log = tmp_path / "attempt-1.log"
+    log.write_text(f"step 10: train loss 2.0, val loss 2.1\niter 17: loss 1.9, time 1.00ms, mfu -100.00%\n"
+                   f"/bin/bash: line 2: 4711 Killed                  {cmd}\n")
+    out = collect_result(d, tmp_path, 137, log)
+    assert out.state == "failed" and out.reason == (
+        "exit code 137 (killed by SIGKILL, out of memory?): iter 17: loss 1.9, time 1.00ms, mfu -100.00%"), out.reason

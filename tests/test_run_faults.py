@@ -224,12 +224,17 @@ def test_nanogpt_sweep_with_stale_losses_fits_none_of_them(tmp_path):
     that divides the steps of one run (170) but not of the others (433, 53)."""
     from isoflop.store.engine import open_engine
 
+    import pickle
+
     ng = tmp_path / "nanoGPT"
     (ng / "data" / "toy").mkdir(parents=True)
+    (ng / "data" / "toy" / "meta.pkl").write_bytes(pickle.dumps({"vocab_size": 256}))  # the spec's vocab_size
     trainer = ("trainer: {template: nanogpt, device: cpu, vars: {nanogpt_dir: '%s', train_py: '%s', dataset: toy, "
                "eval_interval: 17, eval_iters: 2, log_interval: 10}}\n"
                % (ng, Path(__file__).parent / "scripts" / "nanogpt_like" / "train.py"))
-    text = "".join(trainer if ln.startswith("trainer:") else ln + "\n" for ln in tiny_spec().splitlines())
+    # nanoGPT's N: params with_output (tied: the same sizes and steps as the tiny spec's `all`)
+    text = "".join(trainer if ln.startswith("trainer:") else "params: with_output\n" if ln.startswith("params:")
+                   else ln + "\n" for ln in tiny_spec().splitlines())
     spec = tmp_path / "tiny.yaml"
     spec.write_text(text)
     workdir = tmp_path / "work"

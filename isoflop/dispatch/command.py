@@ -13,6 +13,7 @@ import functools
 import json
 import math
 import os
+import pickle
 import re
 import shlex
 import signal
@@ -167,8 +168,45 @@ def _env(quoting: bool):
     )
     env.filters["raw"] = lambda v: _Raw(v)
     env.filters["q"] = lambda v: _Raw(_finalize(v))  # explicit quoting (a no-op on top of finalize)
-    env.globals["fail"] = _fail
+    env.globals.update(fail=_fail, is_dir=_is_dir, read_pickle=_read_pickle, divisor_near=_divisor_near)
     return env
+
+
+# Helpers a template can call to check a run against its trainer's files before it is submitted
+# (`plan` renders every run): a mismatch is then one line at plan time, not a failed job.
+
+
+def _is_dir(path: Any) -> bool:
+    return Path(os.path.expanduser(str(path))).is_dir()
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):  # no class, no callable: loading runs no code
+        raise pickle.UnpicklingError(f"refused {module}.{name}")
+
+
+def _read_pickle(path: Any) -> Any:
+    """The plain data (dicts, lists, strings, numbers) of a small pickle such as nanoGPT's
+    data/<dataset>/meta.pkl; None when there is no such file."""
+    p = Path(os.path.expanduser(str(path)))
+    if not p.is_file():
+        return None
+    try:
+        with open(p, "rb") as f:
+            return _PlainUnpickler(f).load()
+    except Exception as e:
+        raise _TemplateFailure(f"{p} is not a pickle of plain data ({type(e).__name__}: {e})") from None
+
+
+def _divisor_near(n: Any, target: Any) -> int:
+    """The divisor of n nearest to target (by ratio; the larger on a tie): an interval that
+    lands exactly on step n, as nanoGPT's final evaluation must."""
+    n = int(n)
+    if n < 1:
+        return 1
+    t = max(float(target), 1e-9)
+    divisors = {d for i in range(1, math.isqrt(n) + 1) if n % i == 0 for d in (i, n // i)}
+    return min(divisors, key=lambda d: (abs(math.log(d / t)), -d))
 
 
 def _check_raw_literals(source: str) -> None:
@@ -417,6 +455,9 @@ def job_environment(definition: dict, run_dir: Path, *, attempt: int = 1,
         "ISOFLOP_CHECKPOINT_DIR": str(paths.checkpoint_dir),
         "PYTHONUNBUFFERED": "1",  # progress lines reach the log as they happen
     }
+    threads = definition.get("threads")
+    if threads:  # trainer.threads: what the local pool sized itself for; BLAS/OpenMP would take every core
+        env.update({k: str(int(threads)) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")})
     resume = paths.resume_from(t.resumable)
     if resume:
         env["ISOFLOP_RESUME_FROM"] = resume
@@ -460,11 +501,16 @@ def _log_lines(log_path: Path) -> Iterator[str]:
         return
 
 
+# what bash prints when its foreground command dies of a signal: "bash: line 2: 4711 Killed  python
+# train.py --out_dir=..." (the whole command line); the reason names the signal already
+_SHELL_JOB_STATUS = re.compile(r"^(?:\S*/)?(?:ba|da|z)?sh: (?:line \d+: )?\s*\d+ [A-Z][\w ()-]*?\s{2,}\S")
+
+
 def last_log_line(log_path: Path, limit: int = 300) -> str:
     """The last non-empty line the command wrote (for a failure's reason); a \r-updated progress
-    bar counts as several lines."""
+    bar counts as several lines. The shell's own "Killed <command line>" report is skipped."""
     for line in reversed(tail(log_path, 10_000, 65536)):
-        if not line.startswith(LOG_PREFIX):
+        if not line.startswith(LOG_PREFIX) and not _SHELL_JOB_STATUS.match(line.strip()):
             return line.strip() if len(line.strip()) <= limit else line.strip()[: limit - 1] + "…"
     return ""
 
@@ -511,6 +557,7 @@ class ProgressPump:
         self.last_step, self.last_keys = self._last_written()
         self.nonfinite_step: Optional[int] = None
         self.last_train_loss: Optional[float] = None
+        self._mark: Optional[tuple[float, int]] = None  # (when, tokens) of the last pump that wrote
 
     def _last_written(self) -> tuple[int, set]:
         for line in reversed(tail(self.paths.metrics, 10_000, 65536)):
@@ -563,6 +610,18 @@ class ProgressPump:
                 rec[k] = v if not isinstance(v, float) or math.isfinite(v) else None
         return rec
 
+    def _rate(self, recs: list[dict[str, Any]]) -> None:
+        """tokens_per_s (for status's tok/s and ETA) on the last new record, when the script gave
+        none: tokens since the previous pump that wrote, over the time between the two pumps. The
+        first pump of an attempt only sets the mark (it would count the script's start-up)."""
+        last = next((r for r in reversed(recs) if "tokens" in r), None)
+        if last is None:
+            return
+        now = time.time()
+        if self._mark is not None and now > self._mark[0] and last["tokens"] > self._mark[1]:
+            last.setdefault("tokens_per_s", round((last["tokens"] - self._mark[1]) / (now - self._mark[0]), 1))
+        self._mark = (now, last["tokens"])
+
     def pump(self) -> int:
         recs: list[dict[str, Any]] = []
         if not self.paths.native:
@@ -600,7 +659,9 @@ class ProgressPump:
                 self.last_keys |= set(rec)
             else:
                 self.last_step, self.last_keys = s, set(rec)
-            out.append(json.dumps(rec, allow_nan=False) + "\n")
+            out.append(rec)
+        self._rate(out)
+        out = [json.dumps(rec, allow_nan=False) + "\n" for rec in out]
         if out:
             with open(self.paths.metrics, "a") as f:
                 f.write("".join(out))
@@ -738,8 +799,9 @@ def collect_result(definition: dict, run_dir: Path, exit_code: int, log_path: Op
         why = f"exit code {exit_code}"
         if died is not None:
             why += f" (killed by {_signal_name(died)}{', out of memory?' if died == signal.SIGKILL else ''})"
-        if result is not None:
-            why += "; a result was written but the command did not exit 0"
+        if result is not None and (result.get("source") == "result_file"
+                                   or (result.get("step") or 0) >= int(definition.get("steps") or 0)):
+            why += "; its result is not used"  # an earlier evaluation's log line is no result at all
         tail_line = last_log_line(log_path)
         return Outcome("failed", why + (f": {tail_line}" if tail_line else ""), None, exit_code)
     if result is None and interrupted:

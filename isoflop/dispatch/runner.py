@@ -123,6 +123,7 @@ class CommandRun:
         self.error: Optional[str] = None
         self.moved_aside: Optional[str] = None
         self.interrupted: Optional[int] = None
+        self.resumed = False  # whether the command was started from an earlier attempt's checkpoint
         self._proc: Optional[subprocess.Popen] = None
         self._t0 = 0.0
         self._outcome: Optional[Outcome] = None
@@ -200,6 +201,7 @@ class CommandRun:
         if not t.native:
             self.paths.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         # render again: what is on disk now decides resume_from
+        self.resumed = bool(self.paths.resume_from(t.resumable))
         self.command = render_command(self.definition, self.run_dir, attempt=self.attempt, srun=self.srun,
                                       template=t)
         env = dict(os.environ)
@@ -278,9 +280,10 @@ class CommandRun:
                 return self._outcome
         self._release()
         wall = time.time() - self._t0
+        wall_total = self._total_wall(wall)
         try:
             outcome = collect_result(self.definition, self.run_dir, rc, self.log_path, attempt=self.attempt,
-                                     interrupted=self.interrupted, wall_s=self._total_wall(wall),
+                                     interrupted=self.interrupted, wall_s=wall_total,
                                      template=self.template, pump=self._pump, moved_aside=self.moved_aside)
         except Exception as e:  # never let a bookkeeping error pass for a result
             outcome = Outcome("failed", f"collecting the result failed: {type(e).__name__}: {e}", None, rc)
@@ -288,6 +291,7 @@ class CommandRun:
                   + (f" ({outcome.reason})" if outcome.reason else ""))
         record = {**outcome.to_json(), "attempt": self.attempt, "run_id": self.definition.get("run_id"),
                   "template": self.template.name, "command": self.command, "wall_s": wall,
+                  "resumed": self.resumed, "wall_total_s": wall_total,
                   "interrupted": self.interrupted and signal.Signals(self.interrupted).name,
                   "moved_aside": self.moved_aside, "started_at": self._t0, "ended_at": time.time()}
         try:
@@ -297,18 +301,24 @@ class CommandRun:
         return outcome
 
     def _total_wall(self, wall: float) -> float:
-        """This attempt's wall time plus that of earlier attempts of the same training (resumed)."""
-        total = wall
-        if not self.template.resumable:
-            return total
+        """The wall time of the training behind this attempt's result: this attempt, plus, when it
+        resumed from a checkpoint, the total of the attempt before it (whose checkpoint that was,
+        whatever its state). An attempt that restarted from scratch counts from zero: the time of
+        the work it discarded is not in its result."""
+        if not self.resumed:
+            return wall
+        earlier = []
         for p in self.run_dir.glob("attempt-*.outcome.json"):
             try:
                 rec = json.loads(p.read_text())
             except (OSError, ValueError):
                 continue
-            if rec.get("attempt") != self.attempt and rec.get("state") == "preempted":
-                total += float(rec.get("wall_s") or 0.0)
-        return total
+            if isinstance(rec.get("attempt"), int) and rec["attempt"] < self.attempt:
+                earlier.append(rec)
+        if not earlier:
+            return wall
+        prev = max(earlier, key=lambda r: r["attempt"])
+        return wall + float(prev.get("wall_total_s", prev.get("wall_s")) or 0.0)
 
 
 def run_to_end(run_dir: Path, *, attempt: int, srun: bool = False) -> Outcome:

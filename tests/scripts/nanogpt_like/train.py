@@ -3,7 +3,7 @@
 It keeps what the template relies on: nanoGPT's globals-as-config with its configurator's
 `--key=value` rules (the key must exist, literal_eval'd, and of the default's type), the
 loop's structure (evaluate at iter % eval_interval == 0 before the step, save out_dir/ckpt.pt
-there when iter > 0, train iterations 0..max_iters), and its two log lines:
+there when iter > 0, train iterations 0..max_iters), and its two log lines (and a "threads: OMP_NUM_THREADS=..." line):
     step N: train loss X, val loss Y
     iter N: loss X, time Tms, mfu -100.00%
 The model is a numpy logistic regression (deterministic per iteration), not a GPT.
@@ -71,6 +71,10 @@ for arg in sys.argv[1:]:
             raise ValueError(f"Unknown config key: {key}")
 # -----------------------------------------------------------------------------
 
+if 'cuda' in device:  # as nanoGPT does: a CUDA device on a machine without one fails here
+    import torch
+    torch.zeros(1, device=device)
+print(f"threads: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}", flush=True)
 os.makedirs(out_dir, exist_ok=True)
 assert os.path.isdir(os.path.join('data', dataset)), f"no data/{dataset} in {os.getcwd()}"
 rng = np.random.default_rng(1337)
