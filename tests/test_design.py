@@ -1,0 +1,102 @@
+"""`isoflop design`: simulated precision of a planned sweep, checked against real fits of simulated sweeps."""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from isoflop.design import DesignError, design, parse_law, variants
+from isoflop.fit import FitTable, fit_sweep
+from isoflop.plan.grid import plan
+from isoflop.spec import parse_spec
+from isoflop.train.simulate_run import simulate
+
+from .conftest import run_isoflop
+
+LAW = "E=1.69,A=406.4,B=410.7,alpha=0.34,beta=0.28"
+LAW_D = parse_law(LAW)
+
+
+def _spec(points=5, budgets=(1e17, 3e17, 1e18, 3e18, 1e19), **kw):
+    return parse_spec({"name": "d", "budgets": list(budgets), "grid": {"points": points, "span": 16}, **kw})
+
+
+def test_parse_law_refuses_in_one_line():
+    assert parse_law(LAW) == {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
+    for bad, msg in (("E=1.69,A=406", "lacks"), ("E=x,A=1,B=1,alpha=1,beta=1", "not a number"),
+                     ("E=1,A=1,B=1,alpha=-1,beta=1", "positive"), ("E=1,Q=2", "unknown key"), ("E", "KEY=VALUE")):
+        with pytest.raises(DesignError, match=msg):
+            parse_law(bad)
+
+
+def test_variants_change_one_thing_each():
+    spec = _spec(points=9)
+    names = [n for n, _ in variants(spec)]
+    assert names[0] == "as planned" and "points 7" in names and "points 11" in names
+    assert any(n.startswith("seeds") for n in names) and any(n.startswith("+ budget") for n in names)
+    for n, v in variants(spec)[1:]:
+        diff = {k for k in type(spec).model_fields if getattr(v, k) != getattr(spec, k)}
+        assert len(diff) == 1, (n, diff)
+
+
+def _real_widths(spec, noise: float, n: int, target: float):
+    """Fit n simulated sweeps whose losses come from the simulate template's own code (one run.json each)."""
+    runs = plan(spec)
+    widths, n_widths, ests = [], [], []
+    for s in range(n):
+        rows = []
+        for r in runs:
+            definition = {**r.definition, "run_id": r.run_id, "vars": {"law": LAW_D, "noise": noise, "noise_seed": s},
+                          "planned": {"params_non_embedding": r.ledger["params_non_embedding"]}}
+            rows.append({"run_id": r.run_id, "budget": r.budget, "params": r.params, "tokens": r.tokens,
+                         "loss": simulate(definition)["loss"]})
+        rep = fit_sweep(FitTable.from_rows(rows), bootstrap=200, seed=s, predict=[target], parametric=None)
+        lo, hi = rep.frontier.params.exponent_ci
+        widths.append(hi - lo)
+        p = rep.predictions[0]
+        n_widths.append(np.log(p.n_opt_ci[1] / p.n_opt_ci[0]))
+        ests.append(rep.frontier.params.exponent_median)
+    return float(np.median(widths)), float(np.median(n_widths)), np.array(ests)
+
+
+@pytest.mark.slow
+def test_predicted_widths_match_real_fits_of_simulated_sweeps():
+    """design's expected interval widths (its own simulations) are what real fits of simulated sweeps reach,
+    within 25%; and they are calibrated: the spread of the real estimates is of the same size."""
+    spec = _spec()
+    target = 1e20
+    rep = design(spec, LAW_D, 0.01, target=target, sims=30, bootstrap=200, seed=7, compare=False)
+    pred = rep.outcomes[0]
+    assert pred.runs == 25 and pred.no_frontier == 0
+    real_a, real_n, ests = _real_widths(spec, 0.01, 30, target)
+    assert abs(pred.exponent_width / real_a - 1) < 0.25, (pred.exponent_width, real_a)
+    assert abs(pred.n_opt_width / real_n - 1) < 0.25, (pred.n_opt_width, real_n)
+    spread = np.percentile(ests, 95) - np.percentile(ests, 5)
+    assert 0.5 < pred.exponent_width / spread < 2.0, (pred.exponent_width, spread)
+
+
+@pytest.mark.slow
+def test_design_cli_five_budgets_nine_sizes_under_30_seconds(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: d59\nbudgets: [1.0e17, 3.0e17, 1.0e18, 3.0e18, 1.0e19]\ngrid: {points: 9, span: 16}\n"
+                    "throughput: 4.0e14\n")
+    t0 = time.time()
+    out = run_isoflop("design", str(spec), "--law", LAW, "--noise", "0.01", "--json", workdir=tmp_path / "w")
+    took = time.time() - t0
+    d = json.loads(out.stdout)
+    assert took < 30, took
+    names = [v["name"] for v in d["variants"]]
+    assert names[0] == "as planned" and len(names) >= 6
+    base = d["variants"][0]
+    assert base["runs"] == 45 and base["gpu_hours"] > 0 and d["simulated"] is True
+    # more seeds buy a narrower exponent interval at twice the cost
+    seeds = next(v for v in d["variants"] if v["name"].startswith("seeds"))
+    assert seeds["gpu_hours"] == pytest.approx(2 * base["gpu_hours"]) and seeds["exponent_width"] < base["exponent_width"]
+    assert not (tmp_path / "w").exists()                 # design stores nothing
+    text = run_isoflop("design", str(spec), "--law", LAW, "--noise", "0.01", "--sims", "4", "--no-variants",
+                       workdir=tmp_path / "w").stdout
+    assert "SIMULATED" in text and "a width" in text and "GPU-h" in text
+    bad = run_isoflop("design", str(spec), "--law", "E=1", "--noise", "0.01", workdir=tmp_path / "w", check=False)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
