@@ -230,6 +230,10 @@ def render_html(sweep: str, spec: dict[str, Any], runs: Sequence[dict[str, Any]]
              "<p><a href='#figures'>figures</a> · <a href='#budgets'>optima</a> · <a href='#frontier'>frontier</a> · "
              "<a href='#predictions'>predictions</a> · <a href='#exclusions'>flags and exclusions</a> · "
              "<a href='#runs'>runs</a> · <a href='#spec'>spec</a></p>"]
+    if (spec.get("trainer") or {}).get("template") == "simulate":
+        # a page mailed around must not pass drawn losses off as trained ones
+        parts.append("<p class='bad' id='simulated'><b>SIMULATED</b> sweep (trainer template 'simulate'): "
+                     "losses drawn from a stated law, nothing was trained</p>")
     if report is None:
         parts.append(f"<h2 id='figures'>Fit</h2><p class='bad'>no fit: {_e(no_fit)}</p>")
     else:

@@ -137,6 +137,12 @@ def test_report_before_any_run_finished(tmp_path):
     assert "no fit: sweep 'fresh' has no completed runs yet (3 planned)" in html.unescape(text)
     assert set(page.runs.values()) == {"planned"} and len(page.runs) == 3
     assert "vocab_size: 256" in text and page.images == [] and page.fit_json == ""
+    assert "SIMULATED" not in text
+    # a sweep of drawn losses says so at the top of the page
+    (tmp_path / "sim.yaml").write_text(tiny_spec("sim").replace("template: builtin", "template: simulate"))
+    run_isoflop("plan", str(tmp_path / "sim.yaml"), workdir=workdir)
+    run_isoflop("report", "sim", "-o", str(out), workdir=workdir)
+    assert "<b>SIMULATED</b> sweep" in out.read_text()
 
 
 @pytest.mark.parametrize("args, expect", [
