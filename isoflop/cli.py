@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli_examples import add_examples
 from .errors import UserError
 
 app = typer.Typer(
@@ -921,6 +922,10 @@ def demo(
     for w in save_plots(report, wd / f"{spec.name}.png"):
         console.print(f"wrote {w}")
     console.print(f"demo finished in {time.time() - t0:.0f} s; run it again to refit (finished runs are reused)")
+
+
+# after every command above: each one's --help ends with its examples (cli_examples.py)
+add_examples(app)
 
 
 def run() -> None:  # pragma: no cover - console entry for `python -m isoflop`

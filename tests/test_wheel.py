@@ -73,7 +73,7 @@ def installed(tmp_path_factory):
     purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              capture_output=True, text=True, check=True).stdout.strip()
     (Path(purelib) / "reuse_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "-q", str(wheel)], check=True,
+    subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--ignore-installed", "-q", str(wheel)], check=True,
                    capture_output=True)
     shutil.rmtree(src)  # nothing may be read from a checkout
     return root / "venv" / "bin" / "isoflop", py, wheel
