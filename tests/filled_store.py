@@ -55,3 +55,13 @@ def fill(tmp: Path) -> tuple[Path, str, str]:
             s.add(Metric(run_pk=pk, step=step, tokens=step * 1000, flops=step * 6e9, train_loss=5.0 - step / 100,
                          val_loss=None if step < 30 else 4.8, lr=1e-3, tokens_per_s=123.0))
         return workdir, done.run_id, diverged
+
+
+def cli(*args: str, workdir: Path):
+    """`isoflop ARGS` in this process (typer's runner: exit code, stdout and stderr apart), for the
+    error cases, where a fresh interpreter per case would only add start-up time."""
+    from typer.testing import CliRunner
+
+    from isoflop.cli import app
+
+    return CliRunner().invoke(app, list(args), env={"ISOFLOP_WORKDIR": str(workdir), "ISOFLOP_DB": None})

@@ -11,7 +11,7 @@ import pytest
 from isoflop.records import CURVE_COLUMNS, RUN_COLUMNS
 
 from .conftest import run_isoflop
-from .filled_store import RESULT, SWEEP, filled
+from .filled_store import RESULT, SWEEP, cli, filled
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_bad_export_is_one_line_and_writes_nothing(store, tmp_path, args, expect
     workdir, _, _ = store
     db = workdir / "isoflop.db"
     before = _digest(db)
-    p = run_isoflop("export", *[a.format(tmp=tmp_path) for a in args], workdir=workdir, check=False)
-    assert p.returncode != 0
+    p = cli("export", *[a.format(tmp=tmp_path) for a in args], workdir=workdir)
+    assert p.exit_code == 2
     assert len(p.stderr.strip().splitlines()) == 1 and expect in p.stderr, p.stderr
     assert p.stdout == "" and list(tmp_path.iterdir()) == [] and _digest(db) == before

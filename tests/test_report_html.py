@@ -15,7 +15,7 @@ import pytest
 from isoflop.report_html import fmt
 
 from .conftest import run_isoflop
-from .filled_store import SWEEP, filled
+from .filled_store import SWEEP, cli, filled
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # what Chromium needs here: no sandbox as root, no GPU, and none of its background connections
@@ -154,6 +154,6 @@ def test_report_before_any_run_finished(tmp_path):
 def test_bad_report_is_one_line(store, tmp_path, args, expect):
     workdir, _, _ = store
     args = [str(tmp_path / a) if a.endswith((".html", ".pdf")) else a for a in args]
-    p = run_isoflop("report", *args, workdir=workdir, check=False)
-    assert p.returncode != 0 and len(p.stderr.strip().splitlines()) == 1 and expect in p.stderr, p.stderr
+    p = cli("report", *args, workdir=workdir)
+    assert p.exit_code == 2 and len(p.stderr.strip().splitlines()) == 1 and expect in p.stderr, p.stderr
     assert list(tmp_path.iterdir()) == []
