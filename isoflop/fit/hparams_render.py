@@ -74,6 +74,12 @@ def save_hparams_plot(h: HparamsReport, path: str | Path) -> Path:
     ax1.set_ylabel("final loss")
     ax1.set_title("loss per cell (colour: budget)")
     use = [c for c in h.cells if getattr(c, kind) is not None and getattr(c, kind).usable]
+    if not use:  # every cell flagged: nothing to put on log axes
+        ax2.text(0.5, 0.5, "no unflagged cell: no law", ha="center", va="center", transform=ax2.transAxes)
+        fig.tight_layout()
+        fig.savefig(out)
+        plt.close(fig)
+        return out
     ax2.scatter([c.budget for c in use], [getattr(c, kind).opt for c in use], s=12, label="cell optimum")
     law = h.laws.get(kind)
     if law is not None:
