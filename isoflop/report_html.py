@@ -182,8 +182,14 @@ def _exclusions_section(j: dict[str, Any]) -> str:
     flagged = [(i, b) for i, b in enumerate(j["budgets"]) if b["flags"]]
     out = "<h2 id='exclusions'>Flags and exclusions</h2>"
     if flagged:
+        from .fit.isoflop import FLAG_ADVICE
+
         out += "<ul>" + "".join(f"<li>C = {_num(j, f'budgets.{i}.budget')}: {_e(', '.join(b['flags']))}"
                                  f"{'' if b['used'] else ' (not in the frontier)'}</li>" for i, b in flagged) + "</ul>"
+        seen = sorted({f for _, b in flagged for f in b["flags"]})
+        out += _table(["flag", "means", "what to do"],
+                      [f"<tr><td><code>{_e(f)}</code></td><td>{_e(FLAG_ADVICE.get(f, ('', ''))[0])}</td>"
+                       f"<td>{_e(FLAG_ADVICE.get(f, ('', ''))[1])}</td></tr>" for f in seen], id="flags-table")
     else:
         out += "<p class='ok'>no budget is flagged</p>"
     rows = [f"<tr data-run='{_e(e['run_id'])}'><td><code>{_e(e['run_id'])}</code></td>"

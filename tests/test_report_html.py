@@ -157,3 +157,16 @@ def test_bad_report_is_one_line(store, tmp_path, args, expect):
     p = cli("report", *args, workdir=workdir)
     assert p.exit_code == 2 and len(p.stderr.strip().splitlines()) == 1 and expect in p.stderr, p.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_flags_are_explained():
+    from isoflop.fit.isoflop import FLAG_ADVICE
+    from isoflop.report_html import _exclusions_section
+
+    j = {"budgets": [{"budget": 1e18, "flags": [], "used": True},
+                     {"budget": 1e19, "flags": ["vertex_near_edge"], "used": False}],
+         "excluded": [{"run_id": "abc", "budget": 1e19, "reason": "failed: exit 1"}]}
+    text = html.unescape(_exclusions_section(j))
+    meaning, advice = FLAG_ADVICE["vertex_near_edge"]
+    assert "vertex_near_edge (not in the frontier)" in text and meaning in text and advice in text
+    assert "failed: exit 1" in text and "1 run(s) left out" in text
