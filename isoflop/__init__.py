@@ -15,3 +15,7 @@ def __getattr__(name: str):
 
         return getattr(api, name)
     raise AttributeError(f"module 'isoflop' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:  # tab completion in a notebook lists the lazy API too
+    return sorted(set(globals()) | set(_API))
