@@ -126,28 +126,58 @@ def one_line_error(p: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def test_one_line_errors_and_schema_version(pg, tmp_path):
+def test_one_line_errors_and_schema_version(pg, tmp_path, monkeypatch):
+    from isoflop.store.engine import StoreError, db_url, open_engine
+
+    def refused(url: str) -> str:
+        with pytest.raises(StoreError) as err:
+            open_engine(db_url(url), create=False)
+        assert "\n" not in str(err.value)
+        return str(err.value)
+
     w = tmp_path / "w"
     w.mkdir()
     down = f"postgresql://isoflop:s3cret@127.0.0.1:{_free_port()}/x"  # nothing listens there
     msg = one_line_error(isoflop(down, "status", "sim", workdir=w, check=False))
     assert "s3cret" not in msg and "***" in msg and "127.0.0.1" in msg  # postgresql:// means psycopg 3
-    msg = one_line_error(isoflop("postgresql+nodriver://h/x", "status", "sim", workdir=w, check=False))
-    assert "nodriver" in msg
-    code = ("import sys, runpy; sys.modules['psycopg'] = None; sys.argv = ['isoflop', *sys.argv[1:]]; "
-            "runpy.run_module('isoflop', run_name='__main__')")
-    p = subprocess.run([sys.executable, "-c", code, "--db", pg.url("postgres"), "status", "sim"],
-                       env=isoflop_env(w), capture_output=True, text=True, timeout=60)
-    assert "isoflop[postgres]" in one_line_error(p)
-
+    assert "nodriver" in refused("postgresql+nodriver://h/x")
     url = pg.create_db("versions")
-    assert "no isoflop tables" in one_line_error(isoflop(url, "status", "sim", workdir=w, check=False))
+    assert "no isoflop tables" in refused(url)
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # how Python spells "not installed"
+    assert "isoflop[postgres]" in refused(url)
+    monkeypatch.undo()
+
     spec = tmp_path / "sim.yaml"
     spec.write_text(SPEC)
     isoflop(url, "plan", str(spec), workdir=w)
     pg.sql("versions", "UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-    for args in (("status", "sim"), ("plan", str(spec), "--force")):
-        assert "schema version 99" in one_line_error(isoflop(url, *args, workdir=w, check=False))
+    assert "schema version 99" in one_line_error(isoflop(url, "plan", str(spec), "--force", workdir=w, check=False))
+    assert "schema version 99" in refused(url)
     pg.sql("versions", "UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     st = json.loads(isoflop(url, "status", "sim", "--json", workdir=w).stdout)
     assert st["counts"] == {"planned": 9}  # nothing was changed by the refused commands
+
+
+def test_server_gone_mid_command_is_one_line():
+    """A server that stops under an open store (restart, crash) is a StoreError of one line from
+    the next statement, not a traceback: the CLI prints it as such."""
+    from sqlalchemy import text
+    from sqlalchemy.orm import Session
+
+    from isoflop.store.engine import StoreError, open_engine
+
+    try:
+        server = Server().start()
+    except Unavailable as e:
+        pytest.skip(f"no PostgreSQL server here: {e}")
+    try:
+        engine = open_engine(server.url())
+        with Session(engine) as s:
+            assert s.execute(text("SELECT 1")).scalar() == 1
+        server.stop()
+        with pytest.raises(StoreError) as err, Session(engine) as s:
+            s.execute(text("SELECT 1"))
+        assert str(err.value).startswith(f"store postgresql+psycopg://isoflop@127.0.0.1:{server.port}/postgres: ")
+        assert "\n" not in str(err.value)
+    finally:
+        server.stop()
