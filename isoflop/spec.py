@@ -139,6 +139,8 @@ class ModelFamily(_Strict):
     mlp: Literal["gelu", "swiglu"] = "gelu"
     tied: bool = True
     qk_norm: bool = False
+    position_embedding: Literal["rotary", "learned"] = Field(
+        "rotary", description="learned: a seq_len x d_model embedding (nanoGPT's), counted in N under params: all")
     z_loss: float = 0.0
     mup: bool = False
     mup_base_width: int = 256
@@ -504,6 +506,9 @@ class Spec(_Strict):
         if self.trackers.on and self.trainer.template != "builtin":
             raise ValueError(f"trackers: only the built-in trainer logs to them (trainer.template is "
                              f"{self.trainer.template!r}); an external trainer logs to its own")
+        if self.model.position_embedding == "learned" and self.trainer.template == "builtin":
+            raise ValueError("model.position_embedding: learned is for a trainer that learns one (e.g. the nanogpt "
+                             "template); the built-in trainer uses rotary embeddings")
         return self
 
     @property
@@ -522,6 +527,8 @@ class Spec(_Strict):
             d.pop("extend")  # nor without extensions
         if self.grid.centre_at is None:
             d["grid"].pop("centre_at")
+        if self.model.position_embedding == "rotary":
+            d["model"].pop("position_embedding")  # nor a spec of the built-in (rotary) model
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

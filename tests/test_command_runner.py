@@ -318,7 +318,7 @@ def test_builtin_round_trip(tmp_path, monkeypatch):
 
 def _nanogpt_run(tmp_path: Path, name: str, **over) -> Path:
     """A run for the shipped nanogpt template as the template needs it: nanoGPT's model family,
-    vocab_size from the dataset's meta.pkl, no data: block, N without the position embedding."""
+    vocab_size from the dataset's meta.pkl, no data: block, its learned position embedding."""
     import pickle
 
     ng = tmp_path / "nanoGPT"
@@ -328,7 +328,7 @@ def _nanogpt_run(tmp_path: Path, name: str, **over) -> Path:
                   schedule={"kind": "cosine", "warmup_frac": 0.1, "min_lr_frac": 0.1, "decay_frac": 0.2},
                   compile=False, dtype="fp32", device="cpu", data={"kind": "stdlib", "path": None},
                   shape={"n_layer": 1, "d_model": 16, "n_head": 1, "vocab_size": 2, "seq_len": 1, "mlp": "gelu",
-                         "tied": True, "qk_norm": False}, param_convention="with_output",
+                         "tied": True, "qk_norm": False, "position_embedding": "learned"}, param_convention="all",
                   vars={"nanogpt_dir": str(ng), "train_py": str(REPO / "tests/scripts/nanogpt_like/train.py"),
                         "dataset": "toy", "eval_interval": 10, "log_interval": 5, "eval_iters": 2})
     return make_run(tmp_path, name, **(fields | over))

@@ -117,8 +117,8 @@ def test_context_values(tmp_path):
 
 
 def test_nanogpt_flags(tmp_path):
-    d = _definition(trainer="nanogpt", vars={"dataset": "shakespeare_char", "gradient_accumulation_steps": 2},
-                    param_convention="with_output")
+    d = _definition(trainer="nanogpt", vars={"dataset": "shakespeare_char", "gradient_accumulation_steps": 2})
+    d["shape"]["position_embedding"] = "learned"
     words = shlex.split(render_command(d, tmp_path))
     flags = dict(w[2:].split("=", 1) for w in words if w.startswith("--"))
     assert words[:2] == [sys.executable, "train.py"]
@@ -230,17 +230,17 @@ def test_preemption_classification(tmp_path):
 
 
 def _nano(tmp_path: Path, meta=None, **over) -> dict:
-    """A planned run for nanoGPT (params: with_output; nanoGPT's family) with a checkout whose
-    data/toy holds `meta` as meta.pkl (none when None)."""
+    """A planned run for nanoGPT (nanoGPT's model family) with a checkout whose data/toy holds
+    `meta` as meta.pkl (none when None)."""
     import pickle
 
     ng = tmp_path / "nanoGPT"
     (ng / "data" / "toy").mkdir(parents=True, exist_ok=True)
     if meta is not None:
         (ng / "data" / "toy" / "meta.pkl").write_bytes(pickle.dumps(meta))
-    d = _definition(trainer="nanogpt", param_convention="with_output", data={"kind": "stdlib", "path": None},
+    d = _definition(trainer="nanogpt", data={"kind": "stdlib", "path": None},
                     vars={"nanogpt_dir": str(ng), "dataset": "toy"})
-    d["shape"].update(mlp="gelu", tied=True, qk_norm=False)
+    d["shape"].update(mlp="gelu", tied=True, qk_norm=False, position_embedding="learned")
     return d | over
 
 
@@ -270,14 +270,14 @@ def test_nanogpt_threads_become_omp_num_threads(tmp_path):
 @pytest.mark.parametrize("meta, over, msg", [
     ({"vocab_size": 65, "itos": {0: "a"}}, {}, "model.vocab_size is 256 but nanoGPT will build 65 (data/toy/meta.pkl)"),
     (None, {}, "nanoGPT will build 50304 (data/toy has no meta.pkl"),
-    ({"vocab_size": 256}, {"param_convention": "all"}, "learned position embedding"),
+    ({"vocab_size": 256}, {"position_embedding": "rotary"}, "model.position_embedding: learned"),
     ({"vocab_size": 256}, {"data": {"kind": "text", "path": "/data/x.txt"}}, "data: block is not used"),
     ({"vocab_size": 256}, {"mlp": "swiglu"}, "model.mlp: gelu"),
     ({"vocab_size": 256}, {"tied": False}, "model.tied: true"),
 ])
 def test_nanogpt_refuses_what_it_would_not_train(tmp_path, meta, over, msg):
     d = _nano(tmp_path, meta)
-    for k in ("mlp", "tied"):
+    for k in ("mlp", "tied", "position_embedding"):
         if k in over:
             d["shape"][k] = over.pop(k)
     with pytest.raises(ValueError, match=re.escape(msg)) as e:
@@ -314,3 +314,24 @@ def test_killed_reason_is_short(tmp_path):
     out = collect_result(d, tmp_path, 137, log)
     assert out.state == "failed" and out.reason == (
         "exit code 137 (killed by SIGKILL, out of memory?): iter 17: loss 1.9, time 1.00ms, mfu -100.00%"), out.reason
+
+
+def test_learned_position_embedding_is_in_n_under_params_all():
+    """nanoGPT's wpe (seq_len x d_model) counts in N under `all`, in no other convention, and only
+    a template's trainer may have one (the built-in model is rotary)."""
+    base = {"name": "t", "budgets": [1e12], "grid": {"points": 3, "span": 4},
+            "model": {"vocab_size": 256, "seq_len": 128, "head_dim": 16, "aspect_ratio": 32},
+            "batch": {"rule": 8, "unit": "sequences"}, "lr": 0.01, "flops": "exact", "params": "all"}
+    rotary = parse_spec(base)
+    learned = parse_spec(base | {"model": base["model"] | {"position_embedding": "learned"},
+                                 "trainer": {"template": "nanogpt"}})
+    for r in plan(learned):
+        sh = r.definition["shape"]
+        assert sh["position_embedding"] == "learned"
+        assert r.ledger["params_all"] == r.ledger["params_with_output"] + sh["seq_len"] * sh["d_model"]
+        assert r.params == r.ledger["params_all"]
+    for r in plan(rotary):  # unchanged: no key in the shape (the same run ids as before), no wpe
+        assert "position_embedding" not in r.definition["shape"]
+        assert r.ledger["params_all"] == r.ledger["params_with_output"]
+    with pytest.raises(ValueError, match="built-in trainer uses rotary"):
+        parse_spec(base | {"model": base["model"] | {"position_embedding": "learned"}})

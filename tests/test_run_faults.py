@@ -232,9 +232,11 @@ def test_nanogpt_sweep_with_stale_losses_fits_none_of_them(tmp_path):
     trainer = ("trainer: {template: nanogpt, device: cpu, vars: {nanogpt_dir: '%s', train_py: '%s', dataset: toy, "
                "eval_interval: 17, eval_iters: 2, log_interval: 10}}\n"
                % (ng, Path(__file__).parent / "scripts" / "nanogpt_like" / "train.py"))
-    # nanoGPT's N: params with_output (tied: the same sizes and steps as the tiny spec's `all`)
+    # nanoGPT's model (learned positions); params with_output, which leaves the position embedding
+    # out of N: the same sizes and steps as the tiny spec's
     text = "".join(trainer if ln.startswith("trainer:") else "params: with_output\n" if ln.startswith("params:")
-                   else ln + "\n" for ln in tiny_spec().splitlines())
+                   else ln.replace("tied: true}", "tied: true, position_embedding: learned}") + "\n"
+                   for ln in tiny_spec().splitlines())
     spec = tmp_path / "tiny.yaml"
     spec.write_text(text)
     workdir = tmp_path / "work"

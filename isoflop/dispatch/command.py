@@ -347,7 +347,8 @@ def _params(definition: dict) -> dict[str, Optional[int]]:
 
         sh = definition["shape"]
         shape = flops.Shape(**{k: sh[k] for k in ("n_layer", "d_model", "n_head", "vocab_size", "seq_len")},
-                           **{k: sh[k] for k in ("mlp", "tied", "qk_norm") if k in sh})
+                           **{k: sh[k] for k in ("mlp", "tied", "qk_norm") if k in sh},
+                           learned_positions=sh.get("position_embedding") == "learned")
         conv = definition.get("param_convention") or "non_embedding"
         out: dict[str, Optional[int]] = {"params": int(flops.params(shape, conv))}
         for c in flops.PARAM_CONVENTIONS:
@@ -382,6 +383,7 @@ def template_context(definition: dict, run_dir: Path, *, attempt: int = 1,
         **{k: definition.get(k) for k in ("budget", "tokens", "batch_seqs", "batch_tokens", "device", "dtype",
                                           "compile", "threads", "flop_convention", "param_convention")},
         **{k: shape.get(k) for k in ("n_layer", "n_head", "d_model", "vocab_size", "seq_len", "mlp", "tied", "qk_norm")},
+        "position_embedding": shape.get("position_embedding", "rotary"),
         "head_dim": (shape["d_model"] // shape["n_head"]) if shape.get("n_head") else None,
         "lr": lr, "lr_scale": lr_scale, "base_lr": definition.get("lr"),
         "min_lr": _tidy(lr * min_lr_frac), "warmup_steps": int(round(warmup_frac * steps)),

@@ -39,6 +39,7 @@ class Shape:
     mlp: Literal["gelu", "swiglu"] = "gelu"
     tied: bool = True
     qk_norm: bool = False
+    learned_positions: bool = False  # a learned position embedding (nanoGPT's wpe), not rotary
 
     @property
     def head_dim(self) -> int:
@@ -69,7 +70,8 @@ def non_embedding_params(s: Shape) -> int:
 
 
 def embedding_params(s: Shape) -> int:
-    return s.vocab_size * s.d_model
+    """Token embedding, and a learned position embedding (seq_len x d_model) where there is one."""
+    return (s.vocab_size + (s.seq_len if s.learned_positions else 0)) * s.d_model
 
 
 def output_params(s: Shape) -> int:

@@ -67,6 +67,7 @@ def family_of(spec: Spec) -> Family:
     return Family(
         vocab_size=m.vocab_size, seq_len=m.seq_len, head_dim=m.head_dim, width_step=m.width_step,
         aspect_ratio=m.aspect_ratio, max_layers=m.max_layers, mlp=m.mlp, tied=m.tied, qk_norm=m.qk_norm,
+        learned_positions=m.position_embedding == "learned",
     )
 
 
@@ -209,6 +210,8 @@ def _size_runs(spec: Spec, fam: Family, common: dict[str, Any], common_blob: byt
                         "n_layer": n_layer, "d_model": d_model, "n_head": shape.n_head,
                         "vocab_size": fam.vocab_size, "seq_len": fam.seq_len, "mlp": fam.mlp,
                         "tied": fam.tied, "qk_norm": fam.qk_norm,
+                        # only where it is learned: the run ids of rotary sweeps stay as they were
+                        **({"position_embedding": "learned"} if fam.learned_positions else {}),
                     },
                     "tokens": tokens, "steps": steps, "batch_seqs": seqs, "batch_tokens": batch_tokens,
                     "lr": float(f"{lr:.6g}"), "seed": seed,

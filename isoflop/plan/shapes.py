@@ -37,6 +37,7 @@ class Family:
     mlp: str = "gelu"
     tied: bool = True
     qk_norm: bool = False
+    learned_positions: bool = False
 
     def shape(self, n_layer: int, d_model: int) -> Shape:
         return Shape(
@@ -48,6 +49,7 @@ class Family:
             mlp=self.mlp,  # type: ignore[arg-type]
             tied=self.tied,
             qk_norm=self.qk_norm,
+            learned_positions=self.learned_positions,
         )
 
 
@@ -83,7 +85,7 @@ def candidates(family: Family, convention: ParamConvention, n_min: float, n_max:
     # the same formulas as flops.params, evaluated on whole arrays at once
     n = params(
         Shape(L, d, d // family.head_dim, family.vocab_size, family.seq_len,  # type: ignore[arg-type]
-              family.mlp, family.tied, family.qk_norm),  # type: ignore[arg-type]
+              family.mlp, family.tied, family.qk_norm, family.learned_positions),  # type: ignore[arg-type]
         convention,
     ).astype(float)
     cost = ASPECT_WEIGHT * np.abs(np.log(aspect / r))

@@ -47,6 +47,9 @@ def _shape(d: dict) -> Shape:
         raise ConfigError(f"run.json: shape lacks {e.args[0]!r}") from None
     if shape.mlp not in ("gelu", "swiglu"):
         raise ConfigError(f"run.json: shape.mlp must be 'gelu' or 'swiglu', not {shape.mlp!r}")
+    if sh.get("position_embedding", "rotary") != "rotary":
+        raise ConfigError("run.json: the built-in model has rotary positions, not shape.position_embedding "
+                          f"{sh['position_embedding']!r} (that is for a template's trainer, e.g. nanogpt)")
     if shape.d_model % shape.n_head or shape.head_dim % 2:
         raise ConfigError(f"run.json: d_model {shape.d_model} must split into n_head {shape.n_head} heads of even size")
     return shape
