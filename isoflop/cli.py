@@ -702,12 +702,17 @@ def extend(
     if not res.added:
         console.print(f"sweep {sweep!r}: every budget's minimum and every cell's optimum is bracketed; nothing to add")
         return
-    t = Table(title=f"{'would add' if dry_run else 'added'} {len(res.added)} run(s)", title_justify="left")
-    for c in ("run", "budget", "point", "N", "shape L×d×h", "lr", "B tok", "seed"):
-        t.add_column(c, justify="left" if c in ("run", "shape L×d×h") else "right")
+    t = Table(title=f"{'would add' if dry_run else 'added'} {len(res.added)} run(s), by size", title_justify="left")
+    for c in ("budget", "point", "N", "shape L×d×h", "runs", "lr", "B tok", "first run"):
+        t.add_column(c, justify="left" if c in ("shape L×d×h", "first run") else "right")
+    sizes: dict[tuple, list] = {}
     for r in res.added:
-        t.add_row(r.run_id[:8], f"{r.budget:.3g}", str(r.point), _fmt_n(r.params), f"{r.n_layer}×{r.d_model}×{r.n_head}",
-                  f"{r.lr:.3g}", _fmt_n(r.batch_tokens), str(r.seed))
+        sizes.setdefault((r.budget, r.point, r.n_layer, r.d_model), []).append(r)
+    for (b, point, _, _), rs in sizes.items():
+        r, lrs, bs = rs[0], sorted({x.lr for x in rs}), sorted({x.batch_tokens for x in rs})
+        t.add_row(f"{b:.3g}", str(point), _fmt_n(r.params), f"{r.n_layer}×{r.d_model}×{r.n_head}", str(len(rs)),
+                  f"{lrs[0]:.3g}" + (f"–{lrs[-1]:.3g}" if len(lrs) > 1 else ""),
+                  _fmt_n(bs[0]) + (f"–{_fmt_n(bs[-1])}" if len(bs) > 1 else ""), r.run_id[:8])
     console.print(t)
     for why in sorted({e.why for e in res.extensions}):
         console.print(f"  why: {why}")

@@ -274,13 +274,22 @@ def render_design(rep: DesignReport, console: Any) -> None:
     cost = "GPU-h" if base.gpu_hours is not None else "FLOPs"
     for c in ("variant", "runs", cost, "a width", "N_opt ×", "L_opt width", "flagged", "a width × √cost"):
         t.add_column(c, justify="left" if c == "variant" else "right")
+    def f3(v: float, fmt: str = ".3f") -> str:
+        return format(v, fmt) if math.isfinite(v) else "-"
+
     for o in rep.outcomes:
         eff = o.exponent_width * math.sqrt(o.cost / base.cost) if math.isfinite(o.exponent_width) else math.nan
-        t.add_row(o.name, str(o.runs), f"{o.cost:.3g}", f"{o.exponent_width:.3f} ({o.exponent_spread:.3f})",
-                  f"{math.exp(o.n_opt_width):.2f} ({math.exp(o.n_opt_spread):.2f})" if math.isfinite(o.n_opt_width) else "-",
-                  f"{o.loss_opt_width:.3f} ({o.loss_opt_spread:.3f})", f"{o.flagged_share:.0%}",
-                  f"{eff:.3f}")
+        t.add_row(o.name, str(o.runs), f"{o.cost:.3g}", f"{f3(o.exponent_width)} ({f3(o.exponent_spread)})",
+                  f"{f3(math.exp(o.n_opt_width), '.2f')} ({f3(math.exp(o.n_opt_spread), '.2f')})"
+                  if math.isfinite(o.n_opt_width) else "-",
+                  f"{f3(o.loss_opt_width)} ({f3(o.loss_opt_spread)})",
+                  f"{o.flagged_share:.0%}" + (f", no frontier in {o.no_frontier:.0%}" if o.no_frontier else ""),
+                  f3(eff))
     console.print(t)
+    if base.no_frontier:
+        console.print(f"[yellow]as planned, {base.no_frontier:.0%} of the simulated sweeps have no frontier[/] "
+                      f"({base.flagged_share:.0%} of their budgets flagged): move the grid's centre (or widen its "
+                      "span) before spending GPU-hours on it")
     console.print("a width × √cost: lower buys more precision per "
                   f"{'GPU-hour' if base.gpu_hours is not None else 'FLOP'} (a width falls as 1/√cost when runs "
                   "are only repeated); N_opt ×: the interval's hi/lo ratio at the target")

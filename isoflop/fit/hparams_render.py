@@ -38,12 +38,18 @@ def render_hparams(h: HparamsReport, console: Any) -> None:
                              if flags.get("at_low_edge") or flags.get("at_high_edge") else ""))
     if len(h.cells) <= 60:
         ct = Table(title="Cells (budget, size): optimum per axis", title_justify="left", show_edge=False)
-        for c in ("budget", "N", "η*", "lr flags", "B*", "batch flags"):
-            ct.add_column(c, justify="right" if c in ("budget", "N", "η*", "B*") else "left")
+        axes = [k for k in ("lr", "batch") if any(getattr(c, k) is not None for c in h.cells)]
+        ct.add_column("budget", justify="right")
+        ct.add_column("N", justify="right")
+        for k in axes:
+            ct.add_column("η*" if k == "lr" else "B* tokens", justify="right")
+            ct.add_column(f"{k} flags")
         for c in h.cells:
-            ct.add_row(f"{c.budget:.3g}", f"{c.params:.3g}", _g(c.lr.opt) if c.lr else "-",
-                       ",".join(c.lr.flags) if c.lr else "", _g(c.batch.opt) if c.batch else "-",
-                       ",".join(c.batch.flags) if c.batch else "")
+            row = [f"{c.budget:.3g}", f"{c.params:.3g}"]
+            for k in axes:
+                a = getattr(c, k)
+                row += [_g(a.opt) if a else "-", ",".join(a.flags) if a else ""]
+            ct.add_row(*row)
         console.print(ct)
 
 
