@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .cli_examples import add_examples
+from .resources import spec_templates
 from .errors import UserError
 
 app = typer.Typer(
@@ -230,7 +231,8 @@ def _template_names() -> list[str]:
 @friendly
 def init(
     path: Path = typer.Argument(Path("sweep.yaml"), help="where to write the starter spec"),
-    template: str = typer.Option("starter", "--template", "-t", help="a spec template from templates/"),
+    template: str = typer.Option("starter", "--template", "-t",
+                                 help=f"a shipped spec template: {', '.join(spec_templates())}"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing file"),
 ) -> None:
     """Write a commented starter spec."""
@@ -365,7 +367,7 @@ def _watch(engine, sweep: str, interval: float, *, until_done: bool = True, all_
 @app.command()
 @friendly
 def profiles(as_json: bool = typer.Option(False, "--json", help="one JSON object per profile")) -> None:
-    """List the cluster profiles (cluster_profiles/, $ISOFLOP_PROFILES)."""
+    """List the cluster profiles: the shipped ones, and yours in $ISOFLOP_PROFILES folders (a name there wins)."""
     from .dispatch.profiles import ProfileError, list_profiles
 
     found = list_profiles()
