@@ -333,12 +333,14 @@ def _status_renderable(st, *, all_runs: bool = False):
             parts.append(Text(f"  ... and {len(bad) - 20} more (see --json)"))
     if all_runs:
         at = Table(title="runs", title_justify="left", show_edge=False)
-        for c in ("run", "budget", "N", "state", "attempt", "job", "step", "val loss"):
+        for c in ("run", "budget", "N", "state", "attempt", "job", "step", "val loss", "tok/s", "MFU"):
             at.add_column(c)
         for r in st.runs:
             at.add_row(r.run_id[:8], f"{r.budget:.3g}", _fmt_n(r.params), r.state, str(r.attempt or "-"),
                        r.job_id or "-", f"{r.step_done or 0}/{r.steps}",
-                       f"{r.val_loss:.4f}" if r.val_loss is not None else "-")
+                       f"{r.val_loss:.4f}" if r.val_loss is not None else "-",
+                       _fmt_n(r.tokens_per_s) if r.tokens_per_s else "-",
+                       f"{r.mfu:.1%}" if r.mfu is not None else "-")
         parts.append(at)
     for w in st.warnings:
         parts.append(Text(f"note: {w}", style="yellow"))

@@ -63,6 +63,11 @@ def test_two_task_runs_complete_and_requeue_resumes(slurm_cluster, planned_sweep
         assert steps == sorted(set(steps)), steps  # rank 0 alone wrote, no step twice after the resume
     with Session(engine) as s:
         assert s.scalar(select(func.count()).where(Run.val_loss.is_not(None))) == 2
+    # throughput and MFU against the profile's peak of one run (2 devices x peak_flops)
+    assert all(r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 for r in st["runs"]), st["runs"]
+    assert all(0 < r["mfu"] < 1 for r in res.values())
+    table = run_isoflop("status", "tiny", "--runs", workdir=workdir).stdout
+    assert "MFU" in table and "tok/s" in table and "%" in table
     # both ranks ran as one srun step of the job's allocation, on the Slurm rendezvous
     log = (root / first["run_id"] / "attempt-1.log").read_text()
     assert "srun --overlap" in log and "--ntasks=2" in log

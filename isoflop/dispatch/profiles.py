@@ -109,6 +109,11 @@ class Profile(BaseModel):
         return max(self.gpus_per_run, self.ranks, 1)
 
     @property
+    def peak_per_run(self) -> float:
+        """Peak FLOP/s of all the devices of one run: what a run's MFU is measured against."""
+        return self.peak_flops * self.devices_per_run
+
+    @property
     def throughput(self) -> float:
         """Sustained FLOP/s of one run (all its devices at the profile's MFU)."""
         return self.peak_flops * self.mfu * self.devices_per_run

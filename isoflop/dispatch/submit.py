@@ -27,7 +27,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from ..store.models import Attempt, Run, Sweep, utcnow
+from ..store.models import Attempt, Meta, Run, Sweep, utcnow
 from ..state import Action, action_sources, attempt_after, on_action
 from ..store.sweeps import apply_action, get_sweep
 from . import files as F
@@ -251,6 +251,10 @@ def _submit_locked(engine: Engine, sweep_name: str, profile: Profile, backend: B
         if dry_run:
             return SubmitResult(tuple(est), tuple(arrays), gpu_h, skipped, tuple(over_cap), script)
         _record_intents(s, sw.id, sweep_name, root, arrays, {r.run_id: r for r in todo}, profile.executor)
+        from .sync import peak_key
+
+        # what status measures the runs' MFU against (the latest submit's profile)
+        s.merge(Meta(key=peak_key(sweep_name), value=repr(profile.peak_per_run)))
     die_for_test("intent")
     done: list[ArrayPlan] = []
     for arr in arrays:

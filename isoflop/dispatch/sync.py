@@ -55,6 +55,7 @@ class RunStatus(NamedTuple):
     train_loss: Optional[float]
     lr_scale: float = 1.0
     log_tail: tuple = ()
+    mfu: Optional[float] = None  # tok/s x planned FLOPs per token / the profile's peak of one run
 
     @property
     def progress(self) -> float:
@@ -236,6 +237,22 @@ def _bulk_update(s: Session, table: Any, rows: dict[int, dict[str, Any]]) -> Non
         s.execute(update(table), batch)
 
 
+def peak_key(sweep_name: str) -> str:
+    """The Meta row that holds the peak FLOP/s of one run of the sweep's latest submit (for MFU);
+    a long name is hashed, as Meta keys are at most 64 characters."""
+    import hashlib
+
+    name = sweep_name if len(sweep_name) <= 59 else hashlib.sha1(sweep_name.encode()).hexdigest()[:16]
+    return f"peak:{name}"
+
+
+def _peak_per_run(s: Session, sweep_name: str) -> Optional[float]:
+    from ..store.models import Meta
+
+    v = s.scalar(select(Meta.value).where(Meta.key == peak_key(sweep_name)))
+    return float(v) if v else None
+
+
 def read_status(engine: Engine, sweep_name: str, *, scheduler: str = "none", changed: int = 0,
                 warnings: tuple[str, ...] = ()) -> SweepStatus:
     """The sweep's status from the store alone (no scheduler, no files)."""
@@ -255,11 +272,16 @@ def read_status(engine: Engine, sweep_name: str, *, scheduler: str = "none", cha
             .where(Run.sweep_id == sw.id, Run.state != "superseded")
             .order_by(Run.budget, Run.point, Run.lr_mult, Run.batch_mult, Run.seed)
         ).all()
+        peak = _peak_per_run(s, sweep_name)
+        fpt = dict(s.execute(select(Run.id, Run.flops_exact / Run.tokens).where(Run.sweep_id == sw.id)).all()) \
+            if peak else {}
     runs = []
     for pk, *cols in rows:
         a = attempts.get(pk)
         tail = a.stderr.splitlines()[-LOG_TAIL_LINES:] if a and a.stderr and cols[4] in ("failed", "lost") else ()
-        runs.append(RunStatus(*cols[:6], a and a.number, a and a.job_id, *cols[6:], tuple(tail)))
+        tps = cols[10]
+        mfu = tps * fpt[pk] / peak if peak and tps and fpt.get(pk) else None
+        runs.append(RunStatus(*cols[:6], a and a.number, a and a.job_id, *cols[6:], tuple(tail), mfu))
     by_budget: dict[float, list[RunStatus]] = {}
     for r in runs:
         by_budget.setdefault(r.budget, []).append(r)
