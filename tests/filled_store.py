@@ -65,3 +65,16 @@ def cli(*args: str, workdir: Path):
     from isoflop.cli import app
 
     return CliRunner().invoke(app, list(args), env={"ISOFLOP_WORKDIR": str(workdir), "ISOFLOP_DB": None})
+
+
+#: the fit options every test of the filled store compares with (a small bootstrap keeps it quick)
+FIT_ARGS = ("--bootstrap", "40", "--predict", "1e21", "--predict", "1e22")
+PREDICT = [1e21, 1e22]
+
+
+def cli_json(*args: str, workdir: Path) -> dict:
+    """`isoflop ARGS --json` of the filled store, run once per session (a fresh interpreter: the real CLI)."""
+    key = " ".join(args)
+    if key not in _FILLED:
+        _FILLED[key] = run_isoflop(*args, "--json", workdir=workdir).stdout
+    return json.loads(_FILLED[key])

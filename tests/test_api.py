@@ -11,10 +11,8 @@ import pytest
 import isoflop
 from isoflop.errors import UserError
 
-from .conftest import run_isoflop
-from .filled_store import RESULT, SWEEP, filled
+from .filled_store import FIT_ARGS, PREDICT, RESULT, SWEEP, cli_json, filled
 
-FIT_ARGS = ("--bootstrap", "40", "--predict", "1e21", "--predict", "3e21")
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +29,7 @@ def same(a, b) -> bool:
 
 def test_runs_frame_equals_status_json(store):
     workdir, with_attempt, diverged = store
-    st = json.loads(run_isoflop("status", SWEEP, "--json", workdir=workdir).stdout)
+    st = cli_json("status", SWEEP, workdir=workdir)
     df = isoflop.runs(SWEEP, workdir=workdir)
     assert len(df) == len(st["runs"]) == 56 and df.run_id.is_unique
     by_id = df.set_index("run_id")
@@ -63,8 +61,8 @@ def test_runs_frame_equals_status_json(store):
 
 def test_fit_frames_equal_fit_json(store):
     workdir, _, diverged = store
-    cli = json.loads(run_isoflop("fit", SWEEP, "--json", *FIT_ARGS, workdir=workdir).stdout)
-    fit = isoflop.fit_result(SWEEP, workdir=workdir, bootstrap=40, predict=[1e21, 3e21])
+    cli = cli_json("fit", SWEEP, *FIT_ARGS, workdir=workdir)
+    fit = isoflop.fit_result(SWEEP, workdir=workdir, bootstrap=40, predict=PREDICT)
     assert fit.json == cli   # one code path (api.fit_report) behind both
     assert fit.report.predictions[0].budget == 1e21   # the frozen dataclasses are there too
     assert list(fit.optima.index) == [b["budget"] for b in cli["budgets"]]

@@ -11,7 +11,7 @@ import pytest
 from isoflop.records import CURVE_COLUMNS, RUN_COLUMNS
 
 from .conftest import run_isoflop
-from .filled_store import RESULT, SWEEP, cli, filled
+from .filled_store import FIT_ARGS, RESULT, SWEEP, cli, cli_json, filled
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +23,8 @@ def test_csv_export_fits_to_the_same_result(store, tmp_path):
     workdir, _, diverged = store
     out = tmp_path / "runs.csv"
     run_isoflop("export", SWEEP, "--format", "csv", "-o", str(out), workdir=workdir)
-    args = ("--json", "--bootstrap", "40", "--predict", "1e21")
-    from_store = json.loads(run_isoflop("fit", SWEEP, *args, workdir=workdir).stdout)
-    from_csv = json.loads(run_isoflop("fit", "--csv", str(out), *args, workdir=workdir).stdout)
+    from_store = cli_json("fit", SWEEP, *FIT_ARGS, workdir=workdir)
+    from_csv = json.loads(run_isoflop("fit", "--csv", str(out), "--json", *FIT_ARGS, workdir=workdir).stdout)
     # the suggested shape comes from the spec, which a CSV does not carry
     for p in from_store["predictions"]:
         assert p.pop("shape")["params"] > 0

@@ -15,7 +15,7 @@ import pytest
 from isoflop.report_html import fmt
 
 from .conftest import run_isoflop
-from .filled_store import SWEEP, cli, filled
+from .filled_store import FIT_ARGS, SWEEP, cli, cli_json, filled
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # what Chromium needs here: no sandbox as root, no GPU, and none of its background connections
@@ -23,7 +23,6 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-dev-shm-usage")
-FIT_ARGS = ("--bootstrap", "40", "--predict", "1e21", "--predict", "1e22")
 
 
 class Page(HTMLParser):
@@ -88,17 +87,17 @@ def test_report_in_headless_chromium(store, tmp_path):
     workdir, _, diverged = store
     out = tmp_path / "report.html"
     run_isoflop("report", SWEEP, "-o", str(out), *FIT_ARGS, workdir=workdir)
-    fit = json.loads(run_isoflop("fit", SWEEP, "--json", *FIT_ARGS, workdir=workdir).stdout)
-    status = json.loads(run_isoflop("status", SWEEP, "--json", workdir=workdir).stdout)
+    fit = cli_json("fit", SWEEP, *FIT_ARGS, workdir=workdir)
+    status = cli_json("status", SWEEP, workdir=workdir)
 
-    p = chromium("--virtual-time-budget=5000", "--dump-dom", out.as_uri(), profile=tmp_path / "profile-dom")
+    p = chromium("--virtual-time-budget=30000", "--dump-dom", out.as_uri(), profile=tmp_path / "profile-dom")
     assert p.returncode == 0 and "</html>" in p.stdout, p.stderr[-2000:]
     page = Page()
     page.feed(p.stdout)
 
     # the figures decoded in the browser (the page's own script counts naturalWidth > 0)
-    assert page.body.get("data-images-loaded") == "2/2", page.body
-    assert len(page.images) == 2 and all(i.get("data-loaded") == "1" for i in page.images)
+    assert page.body.get("data-images-loaded") == "2/2", (page.body, p.stderr[-2000:])
+    assert len(page.images) == 2 and all(i.get("data-loaded") == "1" for i in page.images), page.images
     # nothing is fetched at view time: every resource is inline, every link is an anchor in the page
     assert page.urls and all(u.startswith(("data:", "#")) for u in page.urls), page.urls
     # every labelled number is the fit's, at full precision and as shown
@@ -114,13 +113,15 @@ def test_report_in_headless_chromium(store, tmp_path):
     # the fit embedded whole, for anyone who wants more than the tables show
     assert json.loads(page.fit_json) == fit
     # every run with its state, as `status` has it; the excluded ones with their reasons
-    assert page.runs == {r["run_id"]: r["state"] for r in status["runs"]}
+    want = {r["run_id"]: r["state"] for r in status["runs"]}
+    assert page.runs == want, {k: (v, want.get(k)) for k, v in page.runs.items() if v != want.get(k)}
     assert page.runs[diverged] == "diverged" and "diverged at step 123" in p.stdout
 
     # and it looks like a report: a screenshot is a real picture of some size
     shot = tmp_path / "report.png"
     s = chromium("--window-size=1280,2400", f"--screenshot={shot}", out.as_uri(), profile=tmp_path / "profile-shot")
-    assert s.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
+    assert s.returncode == 0, s.stderr[-2000:]
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000, shot.stat().st_size
 
 
 def test_report_before_any_run_finished(tmp_path):
