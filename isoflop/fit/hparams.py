@@ -252,6 +252,22 @@ def _cells(budget: np.ndarray, params: np.ndarray) -> list[tuple[float, float, n
     return out
 
 
+def _varies(budget: np.ndarray, params: np.ndarray, v: np.ndarray) -> bool:
+    """Whether v takes more than one value (beyond VALUE_TOL) among runs of the same budget and N (within
+    the size tolerance, coarsely: N rounded to 1% in ln)."""
+    if len(v) < 2:
+        return False
+    key = np.stack([budget, np.round(np.log(params) / 0.01)])
+    _, inv = np.unique(key, axis=1, return_inverse=True)
+    inv = inv.reshape(-1)
+    lv = np.log(v)
+    lo = np.full(inv.max() + 1, np.inf)
+    hi = np.full(inv.max() + 1, -np.inf)
+    np.minimum.at(lo, inv, lv)
+    np.maximum.at(hi, inv, lv)
+    return bool(((hi - lo) > VALUE_TOL).any())
+
+
 def _line(lx: np.ndarray, ly: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Least-squares slope and intercept per row of ly (R, k) over lx (k,), only where mask (R, k)."""
     w = mask.astype(float)
@@ -292,11 +308,11 @@ def fit_hparams(budget: np.ndarray, params: np.ndarray, loss: np.ndarray, lr: np
         ok &= np.isfinite(a) & (a > 0)
     budget, params, loss = budget[ok], params[ok], loss[ok]
     cols = {k: a[ok] for k, a in cols.items()}
-    raw = _cells(budget, params) if len(loss) else []
-    # which axes vary within some cell: the sweep's grids
-    kinds = [k for k in KINDS if k in cols and any(len(_clusters(np.log(cols[k][r]))[1]) > 1 for _, _, r in raw)]
+    # which axes vary within some cell: the sweep's grids (checked at once: most sweeps have none)
+    kinds = [k for k in KINDS if k in cols and _varies(budget, params, cols[k])]
     if not kinds:
         return None
+    raw = _cells(budget, params)
     prepared: list[_CellData] = []
     cells: list[Cell] = []
     for c, n, rows in raw:
