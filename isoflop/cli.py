@@ -123,6 +123,17 @@ def _render_every_run(spec, runs, template, runs_dir: Path) -> None:
             raise type(e)(f"run {r.run_id} (budget {r.budget:.3g}, N={r.params:,}): {e}") from None
 
 
+def _resolved(spec):
+    """The spec with its `{from_sweep: NAME}` rules resolved from the store (iterate.resolve_rules)."""
+    from .iterate import resolve_rules
+
+    try:
+        engine = _engine(write=False)
+    except UserError as e:
+        raise type(e)(f"the spec plans with {{from_sweep: ...}}, which reads the store: {e}") from None
+    return resolve_rules(spec, engine)
+
+
 @app.command()
 @friendly
 def plan(
@@ -132,18 +143,32 @@ def plan(
     force: bool = typer.Option(False, "--force", help="replan a changed spec (keeps unchanged finished runs)"),
     show_command: Optional[str] = typer.Option(None, "--show-command", metavar="RUN", help="print a run's command"),
 ) -> None:
-    """Plan the IsoFLOP grid of a spec and store its runs."""
+    """Plan the IsoFLOP grid of a spec and store its runs (one sweep per setting where `optimizer:` lists several)."""
+    from .spec import load_specs
+
+    specs = load_specs(spec_path)
+    if len(specs) > 1:  # a setting that cannot be planned stops them all before any is stored
+        from .plan.grid import plan as plan_runs
+
+        for s in specs:
+            if not s.uses_from_sweep:
+                plan_runs(s)
+    shown = [_plan_one(s, dry_run, as_json, force, show_command, several=len(specs) > 1) for s in specs]
+    if show_command and not any(shown):
+        fail(f"--show-command {show_command!r} matches no run of {', '.join(s.name for s in specs)}")
+    if len(specs) > 1 and not (as_json or show_command):
+        console.print(f"{len(specs)} sweeps share budgets and shapes: `isoflop compare {' '.join(s.name for s in specs)}`")
+
+
+def _plan_one(spec, dry_run: bool, as_json: bool, force: bool, show_command: Optional[str], several: bool) -> bool:
+    """Plan one sweep (print, store); with show_command print that run's command instead: whether it did."""
     from .plan.grid import gpu_hours
     from .plan.grid import plan as plan_runs
-    from .spec import load_spec
     from .store.engine import workdir_path
 
-    spec = load_spec(spec_path)
     law_notes: list[str] = []
     if spec.uses_from_sweep:
-        from .iterate import resolve_rules
-
-        spec, law_notes = resolve_rules(spec, _engine(write=False))
+        spec, law_notes = _resolved(spec)
     if spec.trackers.on:  # a missing tracker package: one line here, not a warning in every job
         from .train.trackers import check_installed
 
@@ -755,7 +780,10 @@ def design(
     _check(math.isfinite(noise) and noise >= 0, "--noise", noise, "a finite number >= 0")
     _check(2 <= sims <= 10_000, "--sims", sims, "within [2, 10000]")
     _check(bootstrap == 0 or 20 <= bootstrap <= 100_000, "--bootstrap", bootstrap, "0 or within [20, 100000]")
-    rep = run_design(load_spec(spec_path), parse_law(law), noise, target=target, sims=sims, bootstrap=bootstrap,
+    spec = load_spec(spec_path)
+    if spec.uses_from_sweep:
+        spec, _ = _resolved(spec)
+    rep = run_design(spec, parse_law(law), noise, target=target, sims=sims, bootstrap=bootstrap,
                      seed=seed, compare=not no_variants)
     if as_json:
         print(json.dumps(rep.to_json()))
