@@ -194,3 +194,23 @@ def test_from_sweep_plans_with_the_fitted_law(lr_sweep):
                     workdir=wd, check=False)
     assert p.returncode == 2 and "nope" in p.stderr and len(p.stderr.strip().splitlines()) == 1
     assert "no sweep named 'bad'" in run_isoflop("status", "bad", workdir=wd, check=False).stderr
+
+
+def test_batch_law_with_both_grids():
+    """With an lr grid and a batch grid, B*(C) comes from the profile over lr (the lowest per batch) and η*(C)
+    from the profile over batch; both known exponents are recovered."""
+    rows = []
+    for c in (1e17, 1e18, 1e19):
+        for n in 0.1 * c ** 0.5 * np.array([0.5, 1.0, 2.0]):
+            for lm in MULTS:
+                for bm in (0.25, 0.5, 1.0, 2.0, 4.0):
+                    eta, b = 0.4 * c ** -0.1 * lm * 1.2, 0.3 * c ** 0.33 * bm * 0.8
+                    loss = 3.0 + 0.04 * math.log(eta / (0.4 * c ** -0.1)) ** 2 + 0.02 * math.log(b / (0.3 * c ** 0.33)) ** 2
+                    rows.append((c, n, loss, eta, b))
+    c, n, y, lr, b = np.array(rows).T
+    h = fit_hparams(c, n, y, lr, b, bootstrap=0)
+    assert set(h.laws) == {"lr", "lr_n", "batch", "batch_n"}
+    assert h.laws["lr"].exponent == pytest.approx(-0.1, abs=1e-6)
+    assert h.laws["batch"].exponent == pytest.approx(0.33, abs=1e-6)
+    assert h.laws["batch"].coefficient == pytest.approx(0.3, rel=1e-4)
+    assert h.to_json()["laws"]["batch"]["of"] == "C" and h.to_json()["cells"][0]["batch_flags"] == []
