@@ -100,11 +100,18 @@ def _figures(report: Any) -> list[tuple[str, str]]:
 
     with tempfile.TemporaryDirectory(prefix="isoflop-report-") as d:
         paths = save_plots(report, Path(d) / "fit.png")
+        if getattr(report, "hparams", None) is not None:
+            from .fit.hparams_render import save_hparams_plot
+
+            paths.append(save_hparams_plot(report.hparams, Path(d) / "fit.png"))
         urls = ["data:image/png;base64," + base64.b64encode(p.read_bytes()).decode() for p in paths]
-    return [("IsoFLOP profiles: loss against N per budget; ★ the minimum; hollow grey budgets are flagged and "
-             "left out of the frontier", urls[0]),
-            ("Frontier: N_opt and D_opt against C with the fitted power laws and their 5–95% bootstrap bands; "
-             "diamonds are predictions with their intervals", urls[1])]
+    captions = ["IsoFLOP profiles: loss against N per budget; ★ the minimum; hollow grey budgets are flagged and "
+                "left out of the frontier",
+                "Frontier: N_opt and D_opt against C with the fitted power laws and their 5–95% bootstrap bands; "
+                "diamonds are predictions with their intervals",
+                "Learning rate / batch: loss against the grid's values per (budget, size) cell, and the optimum "
+                "against C with its fitted law and band"]
+    return list(zip(captions, urls))
 
 
 def _budgets_section(j: dict[str, Any]) -> str:
@@ -154,6 +161,32 @@ def _frontier_section(j: dict[str, Any]) -> str:
     if j.get("noise"):
         out += (f"<p class='muted'>Seed noise σ = {_num(j, 'noise.sigma')} ({_e(j['noise']['source'])}, "
                 f"{_num(j, 'noise.dof')} degrees of freedom). Estimator: {_e(j.get('estimator'))}.</p>")
+    return out
+
+
+HLAW_NAMES = {"lr": "η* = k·C^e", "lr_n": "η* = k·N^e", "batch": "B* = k·C^e", "batch_n": "B* = k·N^e"}
+
+
+def _hparams_section(j: dict[str, Any]) -> str:
+    """The fitted η*/B* laws of a sweep with an lr or batch grid (`fit --json`'s `hparams`)."""
+    h = j.get("hparams")
+    if not h:
+        return ""
+    cells = h.get("cells") or []
+    flagged = sum(1 for c in cells if c.get("lr_flags") or c.get("batch_flags"))
+    out = (f"<h2 id='hparams'>Learning rate and batch</h2><p>{len(cells)} (budget, size) cell(s) with a grid, "
+           f"{flagged} flagged (no usable optimum: too few values, or the best one at an end of the grid).</p>")
+    rows = []
+    for key in h.get("laws") or {}:
+        k = f"hparams.laws.{key}"
+        rows.append(f"<tr><td>{_e(HLAW_NAMES.get(key, key))}</td>{_num(j, k + '.exponent', 'td')}"
+                    f"{_ci(j, k + '.exponent_ci')}{_num(j, k + '.coefficient', 'td')}{_ci(j, k + '.coefficient_ci')}"
+                    f"{_num(j, k + '.cells', 'td')}</tr>")
+    if rows:
+        out += _table(["law", "exponent e", "e 5–95%", "k", "k 5–95%", "cells"], rows, id="hparams-table")
+    reasons = h.get("law_reasons") or {}
+    if reasons:
+        out += "<ul>" + "".join(f"<li>no {_e(HLAW_NAMES.get(k, k))}: {_e(v)}</li>" for k, v in reasons.items()) + "</ul>"
     return out
 
 
@@ -251,6 +284,7 @@ def render_html(sweep: str, spec: dict[str, Any], runs: Sequence[dict[str, Any]]
                   f"resamples (seed {_e(s['seed'])}), parametric {_e(s['parametric'])}, keep flagged "
                   f"{_e(s['keep_flagged'])}</p>",
                   _budgets_section(fit_json), _frontier_section(fit_json), _predictions_section(fit_json),
+                  _hparams_section(fit_json),
                   _exclusions_section(fit_json)]
     parts.append(_runs_section(runs))
     parts.append(f"<h2 id='spec'>Spec</h2><pre id='spec-yaml'>{_e(yaml.safe_dump(spec, sort_keys=False))}</pre>")

@@ -96,8 +96,9 @@ def test_report_in_headless_chromium(store, tmp_path):
     page.feed(p.stdout)
 
     # the figures decoded in the browser (the page's own script counts naturalWidth > 0)
-    assert page.body.get("data-images-loaded") == "2/2", (page.body, p.stderr[-2000:])
-    assert len(page.images) == 2 and all(i.get("data-loaded") == "1" for i in page.images), page.images
+    n = 3 if fit.get("hparams") else 2   # the lr grid's figure where the sweep has one (this one does)
+    assert n == 3 and page.body.get("data-images-loaded") == f"{n}/{n}", (page.body, p.stderr[-2000:])
+    assert len(page.images) == n and all(i.get("data-loaded") == "1" for i in page.images), page.images
     # nothing is fetched at view time: every resource is inline, every link is an anchor in the page
     assert page.urls and all(u.startswith(("data:", "#")) for u in page.urls), page.urls
     # every labelled number is the fit's, at full precision and as shown
@@ -171,3 +172,18 @@ def test_flags_are_explained():
     meaning, advice = FLAG_ADVICE["vertex_near_edge"]
     assert "vertex_near_edge (not in the frontier)" in text and meaning in text and advice in text
     assert "failed: exit 1" in text and "1 run(s) left out" in text
+
+
+def test_hparams_laws_are_labelled():
+    from isoflop.report_html import _hparams_section
+
+    j = {"hparams": {"cells": [{"lr_flags": []}, {"lr_flags": ["edge"]}], "law_reasons": {"lr_n": "too few sizes"},
+                     "laws": {"lr": {"exponent": -0.125, "exponent_ci": [-0.2, -0.05], "coefficient": 0.3,
+                                     "coefficient_ci": None, "cells": 1}}}}
+    page = Page()
+    page.feed(_hparams_section(j))
+    assert ("hparams.laws.lr.exponent", "-0.125", "-0.125") in page.numbers
+    assert ("hparams.laws.lr.exponent_ci.0", "-0.2", "-0.2") in page.numbers
+    text = html.unescape(_hparams_section(j))
+    assert "2 (budget, size) cell(s) with a grid, 1 flagged" in text and "no η* = k·N^e: too few sizes" in text
+    assert _hparams_section({"hparams": None}) == ""
