@@ -18,6 +18,7 @@ description: local, packed (simulated sweeps)
 executor: local
 workers: 2
 pack_target_minutes: 60
+array_parallelism: 2    # two jobs, each running its runs in turn
 max_attempts: 2
 peak_flops: 1.0e30
 mfu: 1.0
