@@ -185,11 +185,13 @@ def _plan_one(spec, dry_run: bool, as_json: bool, force: bool, show_command: Opt
         from .dispatch.command import render_command
 
         match = [r for r in runs if r.run_id.startswith(show_command)]
+        if several and not match:
+            return False  # another optimizer setting's sweep has it
         if len(match) != 1:
             fail(f"--show-command {show_command!r} matches {len(match)} runs; give a longer run id prefix")
         rdir = workdir_path(OPTS.workdir) / "runs" / spec.name / match[0].run_id
         print(render_command(match[0].definition | {"run_id": match[0].run_id, "sweep": spec.name}, rdir))
-        return
+        return True
     result = None
     if not dry_run:
         from .store.engine import db_url, removed_on_error
@@ -913,7 +915,8 @@ def demo(
     workdir: Optional[Path] = typer.Option(None, "--workdir", help="where the demo's store, runs and plots go [./isoflop-demo]"),
     workers: int = typer.Option(0, "--workers", help="runs at once (0: one per CPU core)"),
     bootstrap: int = typer.Option(1000, "--bootstrap", help="resamples for the frontier's intervals"),
-    spec_path: Optional[Path] = typer.Option(None, "--spec", help="run another small spec the same way"),
+    spec_path: Optional[Path] = typer.Option(None, "--spec", help="run another small spec the same way (one that "
+                                             "lists several optimizer settings is compared like --compare)"),
     compare_muon: bool = typer.Option(False, "--compare", help="the quick budgets with AdamW and with Muon, then `compare` them"),
 ) -> None:
     """The embedded default end to end: plan, run locally, fit, plot (a byte-level GPT on Python's stdlib)."""
@@ -921,15 +924,16 @@ def demo(
     import time
 
     from . import TEMPLATES
-    from .spec import load_spec
+    from .spec import load_specs
     from .store.engine import db_url, open_engine
 
     _check(workers >= 0, "--workers", workers, ">= 0 (0: one per CPU core)")
     _check(bootstrap >= 0, "--bootstrap", bootstrap, ">= 0")
     t0 = time.time()
     wd = (workdir or Path(OPTS.workdir or "isoflop-demo")).resolve()
-    spec = load_spec(spec_path or TEMPLATES / ("cpu-demo-quick.yaml" if quick or compare_muon else "cpu-demo.yaml"))
-    if compare_muon and spec.optimizer.name != "adamw":
+    specs = load_specs(spec_path or TEMPLATES / ("cpu-demo-quick.yaml" if quick or compare_muon else "cpu-demo.yaml"))
+    spec = specs[0]
+    if compare_muon and len(specs) == 1 and spec.optimizer.name != "adamw":
         fail(f"demo --compare trains the spec with AdamW and with Muon; {spec.name!r} already names {spec.optimizer.name}")
     engine = open_engine(db_url(OPTS.db, wd), create=True)
     # one thread per run and one run per core: tiny models are bound by per-step overhead, which
@@ -937,13 +941,13 @@ def demo(
     n_workers = workers or max(1, (os.cpu_count() or 1) // max(1, spec.trainer.threads or 1))
     from .fit import FitTable
 
-    if compare_muon:
+    if compare_muon or len(specs) > 1:
         from .fit.compare import compare_sweeps
         from .fit.compare_plots import save_compare_plot
         from .fit.compare_render import render_comparison
 
-        twin = _muon_twin(spec)
-        tables = [(s.name, FitTable.from_rows(_demo_sweep(engine, s, wd, n_workers)[0])) for s in (spec, twin)]
+        sweeps = specs if len(specs) > 1 else [spec, _muon_twin(spec)]
+        tables = [(s.name, FitTable.from_rows(_demo_sweep(engine, s, wd, n_workers)[0])) for s in sweeps]
         cmp = compare_sweeps(tables, bootstrap=bootstrap)
         render_comparison(cmp, console)
         console.print(f"wrote {save_compare_plot(cmp, wd / f'{spec.name}-compare.png')}")

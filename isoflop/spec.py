@@ -541,14 +541,64 @@ def parse_spec(data: Any) -> Spec:
         raise SpecError(one_line(e, "spec")) from None
 
 
-def load_spec(path: str | Path) -> Spec:
-    """Read a YAML or TOML spec; every problem becomes one SpecError line."""
+MAX_VARIANTS = 16
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
+
+
+def parse_specs(data: Any) -> list[Spec]:
+    """A spec as sweeps: itself, or, where `optimizer:` lists several settings (as `budgets:` lists
+    budgets), one sweep per setting named <name>-<label>, each with every other field of the spec, so
+    that all of them plan the same budgets and shapes and `compare` pairs them. An entry is an
+    `optimizer:` mapping plus `label` (default: its name) and `lr` (its own lr rule, else the spec's)."""
+    opts = data.get("optimizer") if isinstance(data, dict) else None
+    if not isinstance(opts, list):
+        return [parse_spec(data)]
+    if not opts or len(opts) > MAX_VARIANTS:
+        raise SpecError(f"spec: optimizer lists {len(opts)} settings; give 1 to {MAX_VARIANTS}")
+    if not isinstance(data.get("name"), str):
+        raise SpecError("spec: name is required (each optimizer setting becomes the sweep <name>-<label>)")
+    out: list[Spec] = []
+    for i, entry in enumerate(opts):
+        if not isinstance(entry, dict):
+            raise SpecError(f"spec: optimizer[{i}] must be a mapping (name: adamw | muon, ...), got {entry!r}")
+        entry = dict(entry)
+        label, lr = entry.pop("label", None), entry.pop("lr", None)
+        label = str(entry.get("name", "adamw")) if label is None else label
+        if not isinstance(label, str) or not _LABEL.fullmatch(label):
+            raise SpecError(f"spec: optimizer[{i}].label must be 1-32 letters, digits, '.', '_' or '-', got {label!r}")
+        d = {**data, "name": f"{data['name']}-{label}", "optimizer": entry, **({} if lr is None else {"lr": lr})}
+        try:
+            out.append(parse_spec(d))
+        except SpecError as e:
+            raise SpecError(f"optimizer[{i}] ({label}): {e}") from None
+    names = [s.name for s in out]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup:
+        raise SpecError(f"spec: two optimizer settings would both be the sweep {dup!r}; give each a distinct label")
+    return out
+
+
+def load_specs(path: str | Path) -> list[Spec]:
+    """Read a YAML or TOML spec as its sweeps (see parse_specs); every problem becomes one SpecError line."""
     p = Path(path)
     data = load_data(p, SpecError, "spec")
     try:
-        spec = parse_spec(data)
+        specs = parse_specs(data)
     except SpecError as e:
         raise SpecError(f"{p}: {e}") from None
+    return [_template_beside(s, p) for s in specs]
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read a YAML or TOML spec of one sweep; every problem becomes one SpecError line."""
+    specs = load_specs(path)
+    if len(specs) > 1:
+        raise SpecError(f"{path}: optimizer lists {len(specs)} settings ({', '.join(s.name for s in specs)}); "
+                        "`isoflop plan` plans one sweep for each, this command takes one sweep")
+    return specs[0]
+
+
+def _template_beside(spec: Spec, p: Path) -> Spec:
     tpl = spec.trainer.template
     if ("/" in tpl or tpl.endswith((".yaml", ".yml"))) and not Path(tpl).is_absolute():
         # a template path in a spec means: beside the spec, wherever the job later runs

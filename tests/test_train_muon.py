@@ -120,9 +120,24 @@ def test_sigterm_then_resume_is_bit_identical(muon_reference, tmp_path):
     assert losses(d) == losses(ref_dir)
 
 
+# the quick demo's spec as it was when optimizer.name came (the template has since changed its model family)
+QUICK_BEFORE_MUON = {
+    "name": "cpu-demo-quick", "budgets": [3.0e11, 5.5e11, 1.0e12],
+    "grid": {"points": 5, "span": 16, "centre": {"k": 0.045}},
+    "model": {"vocab_size": 256, "seq_len": 128, "head_dim": 16, "aspect_ratio": 32, "mlp": "gelu", "tied": True},
+    "flops": "exact", "params": "all", "batch": {"rule": 8, "unit": "sequences"},
+    "lr": {"coef": 9.765625e-09, "of": "D", "power": 1.0, "max": 0.01},
+    "schedule": {"kind": "cosine", "warmup_frac": 0.05, "min_lr_frac": 0.1},
+    "optimizer": {"beta1": 0.9, "beta2": 0.95, "weight_decay": 0.1, "grad_clip": 1.0}, "seeds": [0],
+    "data": {"kind": "stdlib"},
+    "trainer": {"template": "builtin", "device": "cpu", "threads": 1, "eval_batches": 16, "log_every": 50,
+                "checkpoint_every_s": 60},
+}
+
+
 def test_adamw_specs_keep_their_run_ids_and_fingerprints(tmp_path):
     # recorded with the code before optimizer.name existed
-    sp = load_spec(ROOT / "templates" / "cpu-demo-quick.yaml")
+    sp = parse_spec(QUICK_BEFORE_MUON)
     assert sp.digest() == "48928cb00df28060"
     assert [r.run_id for r in plan(sp)][:3] == ["2fb8b31a148d", "64ad6da036d4", "15b8159b813c"]
     assert "name" not in plan(sp)[0].definition["optimizer"]

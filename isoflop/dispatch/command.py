@@ -391,6 +391,8 @@ def template_context(definition: dict, run_dir: Path, *, attempt: int = 1,
         "decay_frac": sched.get("decay_frac"),
         "decay_steps": int(round(float(sched.get("decay_frac") or 0.0) * steps)),
         **{k: opt.get(k) for k in ("beta1", "beta2", "weight_decay", "grad_clip")},
+        # the whole optimizer setting with its name (an AdamW definition predates the name and omits it)
+        "optimizer": {"name": "adamw", **opt},
         "data_kind": data.get("kind"), "data_path": data.get("path") or "",
         "run_dir": str(paths.run_dir), "checkpoint_dir": str(paths.checkpoint_dir),
         "resume_from": paths.resume_from(t.resumable), "result_path": str(paths.result),

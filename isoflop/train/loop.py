@@ -89,6 +89,8 @@ def fingerprint(cfg: RunConfig) -> str:
     """Hash of what defines the training trajectory: a checkpoint or result with another is stale."""
     d = cfg.to_json()
     d["optimizer"] = cfg.optimizer.trajectory()
+    if not d["shape"].get("learned_positions"):   # a rotary run keeps the fingerprint it had before the field
+        d["shape"].pop("learned_positions", None)
     keys = ("shape", "model", "steps", "batch_seqs", "lr", "lr_scale", "optimizer", "schedule", "seed", "data")
     blob = json.dumps({k: d.get(k) for k in keys}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
