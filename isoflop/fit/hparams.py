@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -152,11 +153,9 @@ def _profile(y: np.ndarray, axis_idx: np.ndarray, other_idx: np.ndarray, n_axis:
     np.add.at(sums.T, combo, y.T)
     with np.errstate(invalid="ignore", divide="ignore"):
         means = np.where(counts > 0, sums / np.maximum(counts, 1.0), np.nan).reshape(y.shape[0], n_axis, n_other)
-    with np.errstate(all="ignore"):
-        import warnings
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return np.nanmin(means, axis=2)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # an axis value without any run: NaN, dropped later
+        return np.nanmin(means, axis=2)
 
 
 def _parabolas(x: np.ndarray, ys: np.ndarray, window: int = WINDOW) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
