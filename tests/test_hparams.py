@@ -214,3 +214,15 @@ def test_batch_law_with_both_grids():
     assert h.laws["batch"].exponent == pytest.approx(0.33, abs=1e-6)
     assert h.laws["batch"].coefficient == pytest.approx(0.3, rel=1e-4)
     assert h.to_json()["laws"]["batch"]["of"] == "C" and h.to_json()["cells"][0]["batch_flags"] == []
+
+
+@pytest.mark.slow
+def test_from_sweep_of_n_uses_the_porian_form(lr_sweep):
+    tmp, wd = lr_sweep
+    law = fit_json("tune", wd)["hparams"]["laws"]["lr_n"]
+    spec = write_spec(tmp / "porian.yaml", "porian", [3e19], points=3, lr={"from_sweep": "tune", "of": "N"},
+                      lr_grid=[0.5, 1.0, 2.0])
+    runs = [json.loads(line) for line in run_isoflop("plan", str(spec), "--json", workdir=wd).stdout.splitlines()]
+    assert len(runs) == 9
+    for r in runs:
+        assert r["lr"] == pytest.approx(r["lr_mult"] * law["coefficient"] * r["params"] ** law["exponent"], rel=1e-4)
