@@ -20,7 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ORDER = [
     "plan_speed", "status_speed", "fit_speed", "fit_accuracy", "compare_calibration", "flops_check", "trainer_throughput",
-    "sweep_overhead", "demo_time",
+    "sweep_overhead", "demo_time", "mup_transfer",
 ]
 
 

@@ -1,10 +1,10 @@
 """Does the built-in model's muP transfer the learning rate across width? SP vs muP on CPU.
 
 At widths 32, 64, 128 (4x; 2 layers, head_dim 16, byte-level stdlib data, seq 64, batch 16,
-AdamW β=(0.9, 0.95), no weight decay, clipping 1.0, warmup 10 steps then constant), every width
+AdamW β=(0.9, 0.95), no weight decay, clipping 1.0, warmup 10 steps then linear decay to 10%), every width
 is trained at a small grid of learning rates, once with the standard parametrisation (SP) and
 once with `model.mup` (base width 32: at width 32 both are the same model). Per width the optimal
-η is the vertex of a parabola of the final training loss (mean of the last 20 steps) in ln η
+η is the vertex of a parabola of the final held-out loss (8 fixed batches) in ln η
 (`isoflop.fit.hparams.fit_axis`, the same as `isoflop fit` uses per cell); then the exponent of
 η*(width) ∝ width^e by least squares. muP promises e ≈ 0; under SP with Adam the optimum falls
 with width (e ≈ −1 in theory for the hidden matrices).
@@ -35,6 +35,7 @@ HEAD_DIM = 16
 SEQ = 64
 BATCH = 16
 WARMUP = 10
+EVAL_BATCHES = 8
 
 
 def train(width: int, mup: bool, lr: float, steps: int, splits, seed: int = 0,
@@ -47,7 +48,8 @@ def train(width: int, mup: bool, lr: float, steps: int, splits, seed: int = 0,
     params = [p for g in groups for p in g["params"]]
     losses = []
     for step in range(steps):
-        scale = min(1.0, (step + 1) / WARMUP)
+        # warmup, then linear decay to 10%: the final loss is the schedule's, not one noisy step's
+        scale = min((step + 1) / WARMUP, 1.0 - 0.9 * max(0, step - WARMUP) / max(1, steps - WARMUP))
         for g in opt.param_groups:
             g["lr"] = lr * scale * g["lr_mult"]
         xy = torch.from_numpy(data_mod.train_batch(splits, seed, step, BATCH, SEQ))
@@ -58,6 +60,10 @@ def train(width: int, mup: bool, lr: float, steps: int, splits, seed: int = 0,
         opt.zero_grad(set_to_none=True)
         v = float(loss.detach())
         losses.append(v if math.isfinite(v) else 20.0)
+    with torch.no_grad():  # the same held-out batches for every run
+        held = [model(torch.from_numpy(b)[:, :-1], torch.from_numpy(b)[:, 1:])[1] for b in
+                data_mod.eval_batches(splits, EVAL_BATCHES, BATCH, SEQ)]
+    final = float(torch.stack(held).mean())
     rms: dict[str, float] = {}
     if probe:
         hooks = []
@@ -77,7 +83,7 @@ def train(width: int, mup: bool, lr: float, steps: int, splits, seed: int = 0,
         rms["logits"] = float(logits.float().pow(2).mean().sqrt())
         for h in hooks:
             h.remove()
-    return float(np.mean(losses[-20:])), rms
+    return (final if math.isfinite(final) else 20.0), rms
 
 
 def slope(x: list[float], y: list[float]) -> float:
