@@ -146,3 +146,28 @@ def test_off_centre_budgets_become_bracketed_after_extend(tmp_path):
     assert st["counts"]["planned"] == 7 and any(b["budget"] == 1e19 for b in st["budgets"])
     refused = run_isoflop("extend", "off", "--budget", "1e19", workdir=wd, check=False)
     assert refused.returncode == 2 and "already in sweep" in refused.stderr
+
+
+@pytest.mark.slow
+def test_a_cell_at_the_edge_of_its_lr_grid_gets_the_next_multiplier(tmp_path):
+    """η* at 0.2× the lr rule, grid 0.25–4×: every cell's best η is at the low edge; extend adds 0.125× to each
+    cell (and nothing else), after which every cell's optimum is bracketed and sits near the truth."""
+    wd = tmp_path / "work"
+    prof = profile(tmp_path)
+    truth = {"coef": 2.0, "of": "C", "power": -0.15}
+    spec = write_spec(tmp_path / "lr.yaml", "lredge", [1e18], points=3, span=4.0,
+                      centre_at={1e18: float(LAW.n_opt(1e18))}, lr={"coef": 10.0, "of": "C", "power": -0.15},
+                      lr_grid=[0.25, 0.5, 1.0, 2.0, 4.0], noise=0.001,
+                      extra_vars={"lr_opt": truth, "lr_curvature": 0.05})
+    run_isoflop("plan", str(spec), workdir=wd)
+    submit_and_wait("lredge", wd, prof)
+    cells = fit_json("lredge", wd, "--bootstrap", "200")["hparams"]["cells"]
+    assert [c["lr_flags"] for c in cells] == [["at_low_edge"]] * 3
+    out = run_isoflop("extend", "lredge", "--bootstrap", "200", workdir=wd).stdout
+    assert "added 3 run(s)" in out and "adds x0.125" in out
+    submit_and_wait("lredge", wd, prof)
+    cells = fit_json("lredge", wd, "--bootstrap", "200")["hparams"]["cells"]
+    assert [c["lr_flags"] for c in cells] == [[]] * 3
+    for c in cells:
+        assert len(c["lr_values"]) == 6
+        assert c["lr_opt"] == pytest.approx(2.0 * 1e18 ** -0.15, rel=0.1)
