@@ -9,6 +9,13 @@ from other processes on the machine).
     .venv/bin/python benchmarks/trainer_throughput.py                 # CPU table
     .venv/bin/python benchmarks/trainer_throughput.py --threads 1 --batch 8 --seq 128
     .venv/bin/python benchmarks/trainer_throughput.py --cuda-only --peak-flops 989e12   # GPU: tok/s and MFU
+    .venv/bin/python benchmarks/trainer_throughput.py --ranks 2                       # data-parallel scaling
+
+--ranks N: the data-parallel training step (DDP over gloo on CPU, NCCL on CUDA, the trainer's own
+make_train_step) with N ranks against 1, the same global batch: scaling efficiency =
+tok/s(N ranks) / (N x tok/s(1 rank)). On CPU each rank has --threads threads (default 1), and
+1 rank with N x threads is shown too (the fair alternative on the same cores). On CUDA it runs
+over every visible GPU when there are several.
 
 On CUDA (when available) it also measures our trainer with bf16 autocast and torch.compile at
 larger sizes, and reports MFU = exact_flops_per_token x tokens/s / peak (default 989e12, H100
@@ -29,6 +36,10 @@ from isoflop.train.model import build
 
 CPU_SHAPES = [(64, 2, 2), (128, 4, 4), (256, 4, 4), (512, 4, 8)]  # (d_model, n_layer, n_head)
 CUDA_SHAPES = [(256, 4, 4), (512, 8, 8), (1024, 16, 16), (2048, 24, 16)]
+
+
+def parse_shapes(s: str) -> list[tuple[int, ...]]:
+    return [tuple(int(x) for x in t.split(":")) for t in s.split(",")]
 
 
 def hf_model(shape: Shape):
@@ -135,6 +146,96 @@ def step_rates(threads: list[int], batch: int, seq: int, vocab: int, budget_s: f
             print(f"{d:>7} " + " ".join(f"{r:>8.1f}" for r in row), flush=True)
 
 
+def _ddp_worker(rank: int, world: int, port: int, cfg: dict, out) -> None:
+    """One rank of the data-parallel step: rank 0 puts tokens/s of the global batch into `out`."""
+    import os
+
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from isoflop.train.distributed import Group, RankEnv, bind_device
+
+    dev_type = cfg["device"]
+    torch.set_num_threads(cfg["threads"])
+    re_ = RankEnv(rank, world, rank, "127.0.0.1", port, "bench")
+    bind_device(re_, dev_type)
+    g = Group(re_, dev_type)
+    dev = torch.device("cuda", torch.cuda.current_device()) if dev_type == "cuda" else torch.device("cpu")
+    s = Shape(*cfg["shape"])
+    torch.manual_seed(0)
+    m = build(s).to(dev)
+    model = DDP(m, device_ids=[dev.index] if dev_type == "cuda" else None) if world > 1 else m
+    if cfg["compile"]:
+        model = torch.compile(model)
+    opt = torch.optim.AdamW(m.param_groups(0.1), lr=1e-3, betas=(0.9, 0.95), fused=True)
+    ps = [p for gr in opt.param_groups for p in gr["params"]]
+    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if dev_type == "cuda" else contextlib.nullcontext
+    step = make_train_step(model, opt, ps, 1.0, amp)
+    per = cfg["batch"] // world
+    xy = torch.randint(0, s.vocab_size, (per, s.seq_len + 1), generator=torch.Generator().manual_seed(rank)).to(dev)
+    sync = torch.cuda.synchronize if dev_type == "cuda" else (lambda: None)
+    for _ in range(3):
+        step(xy)
+    best = float("inf")
+    for _ in range(cfg["rounds"]):
+        g.barrier()
+        sync()
+        t = time.perf_counter()
+        for _ in range(cfg["steps"]):
+            loss = step(xy)
+        float(loss)
+        sync()
+        dt = torch.tensor([time.perf_counter() - t], dtype=torch.float64)
+        if world > 1:  # the slowest rank sets the pace of a synchronous step
+            import torch.distributed as dist
+
+            dist.all_reduce(dt, op=dist.ReduceOp.MAX, group=g._control)
+        best = min(best, float(dt))
+    if rank == 0:
+        out.put(cfg["batch"] * s.seq_len * cfg["steps"] / best)
+        out.close()
+        out.join_thread()  # the value is in the pipe before the process goes
+    g.close()
+    os._exit(0)  # skip interpreter teardown of gloo threads
+
+
+def ddp_rate(world: int, cfg: dict) -> float:
+    """Tokens/s of the global batch with `world` ranks (spawned processes)."""
+    import torch.multiprocessing as mp
+
+    from isoflop.train.distributed import _free_port
+
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_ddp_worker, args=(r, world, port, cfg, out)) for r in range(world)]
+    for p in procs:
+        p.start()
+    rate = out.get(timeout=1800)
+    for p in procs:
+        p.join(timeout=120)
+    return rate
+
+
+def scaling(args, device: str, world: int, shapes: list, batch: int, seq: int, compile_: bool = False) -> None:
+    threads = args.threads or 1
+    print(f"\ndata-parallel step, {device}, {world} ranks vs 1, global batch {batch} x seq {seq}, vocab {args.vocab}, "
+          f"{'bf16' if device == 'cuda' else 'fp32'}" + (f", {threads} thread(s) per rank" if device == "cpu" else "")
+          + (", torch.compile" if compile_ else "") + "; best of rounds")
+    cols = ["d_model", "n_layer", "1 rank tok/s", f"{world} ranks tok/s", "efficiency"]
+    if device == "cpu":
+        cols.append(f"1 rank x {world * threads} thr")
+    print(" ".join(f"{c:>16}" for c in cols))
+    for d, L, H in shapes:
+        base = {"device": device, "threads": threads, "shape": (L, d, H, args.vocab, seq, "swiglu", not args.untied),
+                "batch": batch, "steps": args.ddp_steps, "rounds": args.ddp_rounds, "compile": compile_}
+        one = ddp_rate(1, base)
+        many = ddp_rate(world, base)
+        row = [d, L, f"{one:.0f}", f"{many:.0f}", f"{many / (world * one):.2f}"]
+        if device == "cpu":
+            row.append(f"{ddp_rate(1, dict(base, threads=world * threads)):.0f}")
+        print(" ".join(f"{str(c):>16}" for c in row), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
@@ -150,13 +251,27 @@ def main() -> None:
     ap.add_argument("--cuda-batch", type=int, default=16)
     ap.add_argument("--cuda-seq", type=int, default=1024)
     ap.add_argument("--step-rates", default=None, help="only print steps/s of tiny shapes for these thread counts, e.g. 1,2")
+    ap.add_argument("--ranks", type=int, default=0, help="only the data-parallel scaling of N CPU ranks vs 1 "
+                    "(and of every GPU, where several)")
+    ap.add_argument("--ddp-steps", type=int, default=10, help="--ranks: timed steps per round")
+    ap.add_argument("--ddp-rounds", type=int, default=5, help="--ranks: rounds (the best is reported)")
     args = ap.parse_args()
+    if args.ranks:
+        shapes = parse_shapes(args.shapes) if args.shapes else [(128, 4, 4), (256, 4, 4)]
+        scaling(args, "cpu", args.ranks, shapes, args.batch, args.seq)
+        if torch.cuda.is_available() and torch.cuda.device_count() > 1:
+            n = torch.cuda.device_count()
+            scaling(args, "cuda", n, [(1024, 16, 16), (2048, 24, 16)], args.cuda_batch * n, args.cuda_seq,
+                    compile_=True)
+        elif torch.cuda.is_available():
+            print("\none CUDA device: no multi-GPU scaling to measure")
+        return
     if args.step_rates:
         step_rates([int(t) for t in args.step_rates.split(",")], args.batch, args.seq, args.vocab, 1.0)
         return
     if args.threads:
         torch.set_num_threads(args.threads)
-    parse = (lambda s: [tuple(int(x) for x in t.split(":")) for t in s.split(",")]) if args.shapes else None
+    parse = parse_shapes if args.shapes else None
 
     if not args.cuda_only:
         print(f"CPU, fp32, threads={torch.get_num_threads()}, batch {args.batch} x seq {args.seq}, "
