@@ -3,9 +3,10 @@
 `save_plots(report, path)` writes `<stem>-isoflops.<ext>` (loss vs N per
 budget: points, fitted parabola, vertex; flagged budgets hollow and grey
 with their flags in the legend) and `<stem>-frontier.<ext>` (N_opt and D_opt
-vs C, log-log, with the 5–95% bootstrap band of each power law (D_opt's
-from the tokens law, under the sweep's FLOP convention) and the
-predictions; minor tick labels are hidden on log axes). The
+vs C, log-log: the bootstrap median of each power law, as the text prints
+it, with its 5–95% band (the fit where there is no bootstrap; D_opt's from
+the tokens law, under the sweep's FLOP convention) and the predictions'
+printed estimates; minor tick labels are hidden on log axes). The
 extension of `path` picks the format (.png, .svg, .pdf); returns the paths.
 """
 from __future__ import annotations
@@ -84,16 +85,20 @@ def save_plots(report: FitReport, path: str | Path) -> list[Path]:
                        edgecolors="0.5", label="flagged (not used)")
         if fr is not None and cs:
             law = fr.params if key == "n_opt" else fr.tokens
-            ax.plot(grid, law(grid), color="C1", label=f"fit: exponent {law.exponent:.3f}")
             s = report.samples
             if s is not None and s.ok.any():
+                # what the text prints: the bootstrap median (line and exponent) with its 5–95% band
                 lg = np.log(grid)
                 slope, icpt = (s.slope_n, s.icpt_n) if key == "n_opt" else (s.slope_d, s.icpt_d)
                 vals = np.exp(slope[s.ok, None] * lg[None, :] + icpt[s.ok, None])
-                lo, hi = np.percentile(vals, [5, 95], axis=0)
+                lo, mid, hi = np.percentile(vals, [5, 50, 95], axis=0)
+                a = law.exponent if law.exponent_median is None else law.exponent_median
+                ax.plot(grid, mid, color="C1", label=f"bootstrap median: exponent {a:.3f}")
                 ax.fill_between(grid, lo, hi, color="C1", alpha=0.2, label="5–95% bootstrap")
+            else:
+                ax.plot(grid, law(grid), color="C1", label=f"fit: exponent {law.exponent:.3f}")
             for pr in report.predictions:
-                v = getattr(pr, key)
+                v = getattr(pr, f"{key}_estimate")
                 ci = getattr(pr, f"{key}_ci")
                 yerr = None if ci is None else [[max(v - ci[0], 0.0)], [max(ci[1] - v, 0.0)]]
                 ax.errorbar([pr.budget], [v], yerr=yerr, fmt="D", color="C3", ms=5)

@@ -120,12 +120,6 @@ def render_report(report: FitReport, console: Any) -> None:
                 console.print("[yellow]the check is marginal[/yellow] (p = 0.0001–0.2, its threshold 0.01): "
                               "another minimizer or a few more runs may flip which model gives L_opt; the table "
                               "below has both values; treat the range between them as the uncertainty")
-        sigma = report.noise.sigma if report.noise is not None else float("nan")
-        if any(p.loss_opt_model.startswith("parametric") for p in report.predictions) and sigma >= 0.02:
-            # measured: 78.6% coverage of a nominal 90% over 280 sweeps at σ 0.03 (benchmarks/README.md)
-            console.print(f"[yellow]L_opt interval too narrow at this noise[/yellow] (σ = {sigma:.3g} per run): "
-                          "the parametric fit's linearised interval covers about 79% instead of 90% in "
-                          "simulation at σ 0.03; the E + k·C^−γ law's interval beside it holds its coverage")
         pp = [p for p in report.predictions if p.parametric_method is not None]
         if pp:
             used = bool(pp[0].parametric_used)

@@ -36,8 +36,9 @@ from .frontier import Frontier, PowerLaw, fit_frontier
 from .isoflop import (MINIMIZERS, VERTEX_OUT_OF_RANGE, IsoflopFit, fit_budget, group_by_budget,
                       normalise_window, selected)
 from .losslaw import LossLaw, fit_loss_law
-from .noise import NoiseEstimate, find_outliers, residual_noise, seed_noise, size_groups, size_means
-from .parametric import ParametricFit, fit_parametric, lse_draws, optimum_of
+from .noise import (NoiseEstimate, find_outliers, leave_out_sigmas, size_groups, size_means,
+                    sweep_noise)
+from .parametric import ParametricFit, fit_parametric, loss_opt_interval, lse_draws, optimum_of
 from .table import FitTable, snap_budgets
 
 
@@ -273,10 +274,10 @@ def _predictions(frontier: Frontier | None, samples: FrontierSamples | None,
                 kw.update(parametric_method=p.method, n_opt_parametric=float(n_p), d_opt_parametric=float(d_p),
                           loss_opt_parametric=float(p.loss(n_p, d_p)))
                 if par_draws is not None:
-                    nd, dd, lld = optimum_of(par_draws, c)
+                    nd, dd, _ = optimum_of(par_draws, c)
                     kw["n_opt_parametric_ci"] = _hull(_ci(nd)[0], n_p)
                     kw["d_opt_parametric_ci"] = _hull(_ci(dd)[0], d_p)
-                    kw["loss_opt_parametric_ci"] = _hull(_ci(lld)[0], kw["loss_opt_parametric"])
+                    kw["loss_opt_parametric_ci"] = loss_opt_interval(p, par_draws, c)
                 kw["parametric_used"] = bool(check is not None and check.used)
                 if check is not None and check.used:
                     loss_opt = kw["loss_opt_parametric"]
@@ -338,27 +339,17 @@ def _noise_and_outliers(groups: list[tuple[float, np.ndarray, np.ndarray]]
         order = np.argsort(x, kind="stable")
         idx, ux = size_groups(x[order])
         prepared.append((order, idx, ux, y[order]))
-
-    def estimate(keep: list[np.ndarray]) -> NoiseEstimate:
-        seeds = seed_noise([(idx[k], y[k]) for (_, idx, _, y), k in zip(prepared, keep)])
-        if seeds is not None:
-            return seeds
-        per = []
-        for (_, idx, ux, y), k in zip(prepared, keep):
-            means, cnt = size_means(idx[k], y[k], len(ux))
-            present = cnt > 0
-            per.append((ux[present], means[present], cnt[present]))
-        return residual_noise(per)
-
+    noise = sweep_noise([(idx, y, ux) for _, idx, ux, y in prepared])
+    # each size is judged by a σ estimated without it (a far-off run would otherwise inflate its own σ)
+    sigmas = leave_out_sigmas([(idx, y, ux) for _, idx, ux, y in prepared], noise)
     keep = [np.ones(len(p[0]), dtype=bool) for p in prepared]
-    noise = estimate(keep)
     found: list[list[tuple[int, float, float]]] = []
-    for (order, idx, ux, y), k in zip(prepared, keep):
-        bad = find_outliers(ux, idx, y, noise.sigma)
+    for (order, idx, ux, y), k, sig in zip(prepared, keep, sigmas):
+        bad = find_outliers(ux, idx, y, sig)
         k[[j for j, _, _ in bad]] = False
         found.append([(int(order[j]), dev, z) for j, dev, z in bad])
     if any(found):
-        noise = estimate(keep)
+        noise = sweep_noise([(idx[k], y[k], ux) for (_, idx, ux, y), k in zip(prepared, keep)])
     return noise, found
 
 
@@ -434,8 +425,10 @@ def fit_sweep(table: FitTable, *, window: int | str | None = 5, minimizer: str =
     if noise.source == "none":
         noise = _parametric_noise(by_budget, n_all, d_all, y_all, noise)
     # D_opt under the sweep's convention: each budget's own (N, D) pairs (see isoflop.py)
+    # σ from the L(N, D) residuals holds the law's misfit: an upper bound, too large to call a budget flat
+    flat_noise = math.nan if noise.source == "parametric" else None
     fits = tuple(fit_budget(n_all[idx], y_all[idx], c, window=k, minimizer=minimizer, tokens=d_all[idx],
-                            noise=noise.sigma) for c, idx in by_budget)
+                            noise=noise.sigma, flat_noise=flat_noise) for c, idx in by_budget)
     use = tuple(selected(fits, keep_flagged))
 
     frontier = fit_frontier(fits, use)
