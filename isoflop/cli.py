@@ -130,7 +130,11 @@ def _resolved(spec):
     try:
         engine = _engine(write=False)
     except UserError as e:
-        raise type(e)(f"the spec plans with {{from_sweep: ...}}, which reads the store: {e}") from None
+        srcs = sorted({r.from_sweep for r in (spec.lr, spec.batch.rule) if hasattr(r, "from_sweep")})
+        why = str(e).split(": run `isoflop plan SPEC` first")[0]
+        raise type(e)(f"the spec's {{from_sweep: {', '.join(srcs)}}} reads the fitted law of sweep "
+                      f"{', '.join(map(repr, srcs))} from its store, and there is {why}; pass the --workdir "
+                      "(or --db) of the store that holds it") from None
     return resolve_rules(spec, engine)
 
 
@@ -187,7 +191,10 @@ def _plan_one(spec, dry_run: bool, as_json: bool, force: bool, show_command: Opt
         match = [r for r in runs if r.run_id.startswith(show_command)]
         if several and not match:
             return False  # another optimizer setting's sweep has it
-        if len(match) != 1:
+        if not match:
+            fail(f"--show-command {show_command!r} matches no run of sweep {spec.name!r}; "
+                 "`--dry-run` lists the run ids (their first 8 characters)")
+        if len(match) > 1:
             fail(f"--show-command {show_command!r} matches {len(match)} runs; give a longer run id prefix")
         rdir = workdir_path(OPTS.workdir) / "runs" / spec.name / match[0].run_id
         print(render_command(match[0].definition | {"run_id": match[0].run_id, "sweep": spec.name}, rdir))
@@ -730,8 +737,11 @@ def extend(
                        bootstrap=bootstrap)
     for note in res.notes:
         console.print(note)
+    waiting = (f"{res.unfinished} run(s) added by an earlier extend are not finished yet (submit them: "
+               f"`isoflop submit {sweep}`); " if res.unfinished else "")
     if not res.added:
-        console.print(f"sweep {sweep!r}: every budget's minimum and every cell's optimum is bracketed; nothing to add")
+        console.print(f"sweep {sweep!r}: {waiting}" + ("nothing more to add until they finish" if waiting else
+                      "every budget's minimum and every cell's optimum is bracketed; nothing to add"))
         return
     t = Table(title=f"{'would add' if dry_run else 'added'} {len(res.added)} run(s), by size", title_justify="left")
     for c in ("budget", "point", "N", "shape L×d×h", "runs", "lr", "B tok", "first run"):
@@ -754,7 +764,33 @@ def extend(
     else:
         console.print(f"[green]extended[/] sweep {sweep!r}: {len(res.added)} new run(s), {cost}; existing runs "
                       f"untouched. Submit them with `isoflop submit {sweep}`. The stored spec now has `extend:` "
-                      "entries that your spec file lacks (`isoflop plan FILE` would refuse the difference)")
+                      f"entries that your spec file lacks: `isoflop spec {sweep} -o FILE` writes it back")
+    if waiting:
+        console.print(waiting.rstrip("; "))
+
+
+@app.command("spec")
+@friendly
+def spec_cmd(
+    sweep: str = typer.Argument(..., help="sweep name in the store"),
+    out: Optional[Path] = typer.Option(None, "--output", "-o", help="write the YAML to this file (default: stdout)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing -o file"),
+) -> None:
+    """Print a sweep's stored spec as YAML: with the `extend:` entries and resolved `from_sweep` laws,
+    so that `isoflop plan` of it is a no-op (the spec file to keep after `isoflop extend`)."""
+    from .iterate import stored_spec_yaml
+
+    text = stored_spec_yaml(_engine(write=False), sweep)
+    if out is None:
+        print(text, end="")
+        return
+    if out.exists() and (out.is_dir() or not overwrite):
+        fail(f"{out} exists; pass --overwrite to replace it" if not out.is_dir() else f"-o {out} is a folder")
+    try:
+        out.write_text(text)
+    except OSError as e:
+        fail(f"cannot write {out}: {e.strerror or e}")
+    console.print(f"wrote {out}; `isoflop plan {out}` changes nothing")
 
 
 # ---------------------------------------------------------------- design

@@ -17,6 +17,10 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
         ("isoflop plan sweep.yaml", "store the sweep and write each run's folder"),
         ("isoflop plan sweep.yaml --show-command 3f2a", "the exact command line of run 3f2a…"),
     ],
+    "spec": [
+        ("isoflop spec my-sweep", "the stored spec as YAML, with the `extend:` entries"),
+        ("isoflop spec my-sweep -o sweep.yaml --overwrite", "after `isoflop extend`: the spec file to keep"),
+    ],
     "spec-schema": [
         ("isoflop spec-schema > sweep.schema.json", "for your editor's YAML completion"),
         ("isoflop spec-schema | grep -A3 tokens_per_param", "what one key means"),

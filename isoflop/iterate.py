@@ -121,10 +121,13 @@ class ExtendResult:
     flops: float
     stored: bool
     notes: tuple[str, ...]
+    unfinished: int = 0             # runs added by an earlier extend that are planned or active, not finished
 
 
-def _lowest_params(points: tuple) -> dict[float, float]:
+def _lowest_params(points: tuple) -> dict[float, tuple[float, float]]:
+    """Per budget: N of the lowest mean loss, and the extrapolated parabola vertex when that is at an edge."""
     from .fit.noise import size_groups, size_means
+    from .plan.extend import edge_parabola_vertex
 
     out = {}
     for c, n, y in points:
@@ -132,8 +135,28 @@ def _lowest_params(points: tuple) -> dict[float, float]:
         order = np.argsort(x, kind="stable")
         idx, ux = size_groups(x[order])
         means, _ = size_means(idx, np.asarray(y, float)[order], len(ux))
-        out[float(c)] = float(np.exp(ux[int(np.argmin(means))])) if len(ux) else math.nan
+        out[float(c)] = ((float(np.exp(ux[int(np.argmin(means))])), edge_parabola_vertex(np.exp(ux), means))
+                         if len(ux) else (math.nan, math.nan))
     return out
+
+
+def _predicted_beyond(report: Any, budget: float, lowest: float, vertex: float, sizes: list[float]) -> float:
+    """Where a budget's minimum probably lies when its lowest loss is at an edge: the farther beyond that
+    edge of the frontier's prediction (from the bracketed budgets) and the extrapolated vertex."""
+    if not sizes or not math.isfinite(lowest):
+        return math.nan
+    low_edge = lowest <= min(sizes) * 1.01
+    high_edge = lowest >= max(sizes) / 1.01
+    if not (low_edge or high_edge):
+        return math.nan
+    guesses = [vertex]
+    if report.frontier is not None:
+        guesses.append(float(report.predict([budget])[0].n_opt_estimate))
+    beyond = [g for g in guesses if math.isfinite(g) and g > 0
+              and (g < min(sizes) if low_edge else g > max(sizes))]
+    if not beyond:
+        return math.nan
+    return min(beyond) if low_edge else max(beyond)
 
 
 def plan_extension(engine: Any, name: str, *, budget: float | None = None, bootstrap: int = 1000,
@@ -142,7 +165,8 @@ def plan_extension(engine: Any, name: str, *, budget: float | None = None, boots
     from sqlalchemy import select
     from sqlalchemy.orm import Session
 
-    from .plan.extend import BudgetFit, CellEdge, SizeRow, budget_extension, multiplier_extensions, size_extensions
+    from .plan.extend import EDGE_BUDGET_FLAGS, BudgetFit, CellEdge, SizeRow, budget_extension, \
+        multiplier_extensions, size_extensions
     from .store.models import Run
     from .store.sweeps import get_sweep
 
@@ -172,8 +196,14 @@ def plan_extension(engine: Any, name: str, *, budget: float | None = None, boots
                                       why=f"budget {budget:.3g} added ({src})"), notes
     sizes = [SizeRow(r.budget, r.point, r.n_layer, r.d_model, r.params) for r in stored]
     lowest = _lowest_params(report.points)
-    fits = [BudgetFit(f.budget, f.n_opt, f.flags, lowest.get(f.budget, math.nan)) for f in report.budgets]
-    new = size_extensions(spec, fits, sizes)
+    fits = []
+    for f in report.budgets:
+        low, vertex = lowest.get(f.budget, (math.nan, math.nan))
+        own = [r.params for r in stored if r.budget == f.budget]
+        pred = _predicted_beyond(report, f.budget, low, vertex, own) if set(f.flags) & set(EDGE_BUDGET_FLAGS) \
+            else math.nan
+        fits.append(BudgetFit(f.budget, f.n_opt, f.flags, low, pred))
+    new = size_extensions(spec, fits, sizes, notes)
     edges: list[CellEdge] = []
     h = report.hparams
     if h is not None:
@@ -213,7 +243,28 @@ def extend_sweep(engine: Any, name: str, workdir: Path, *, budget: float | None 
                             "plans; replan it first (`isoflop plan SPEC --force`)")
         save_plan(engine, extended, runs, workdir, force=True)
     return ExtendResult(name, added, tuple(new), gpu_hours(list(added), spec.throughput),
-                        float(sum(r.ledger["flops_exact"] for r in added)), bool(new) and not dry_run, tuple(notes))
+                        float(sum(r.ledger["flops_exact"] for r in added)), bool(new) and not dry_run, tuple(notes),
+                        _unfinished_extension_runs(engine, name, spec))
+
+
+def _unfinished_extension_runs(engine: Any, name: str, spec: Spec) -> int:
+    """How many runs of the stored spec's `extend:` entries are not finished (the fit has not seen them)."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from .plan.grid import plan
+    from .state import RUN_FINAL
+    from .store.models import Run
+    from .store.sweeps import get_sweep
+
+    if not spec.extend:
+        return 0
+    base = {r.run_id for r in plan(spec.model_copy(update={"extend": []}))}
+    final = {s.value for s in RUN_FINAL} | {"superseded"}
+    with Session(engine) as s:
+        sw = get_sweep(s, name)
+        rows = s.execute(select(Run.run_id, Run.state).where(Run.sweep_id == sw.id)).all()
+    return sum(1 for rid, state in rows if rid not in base and state not in final)
 
 
 def _live_run_ids(engine: Any, name: str) -> set[str]:
@@ -226,3 +277,23 @@ def _live_run_ids(engine: Any, name: str) -> set[str]:
     with Session(engine) as s:
         sw = get_sweep(s, name)
         return set(s.scalars(select(Run.run_id).where(Run.sweep_id == sw.id, Run.state != "superseded")))
+
+
+def stored_spec_yaml(engine: Any, name: str) -> str:
+    """The stored spec of a sweep as YAML (resolved laws and `extend:` entries included): planning it
+    again is a no-op, so it replaces a spec file that `extend` left behind."""
+    import yaml
+    from sqlalchemy.orm import Session
+
+    from .store.sweeps import get_sweep
+
+    with Session(engine) as s:
+        sw = get_sweep(s, name)
+        spec = parse_spec(sw.spec)
+    data = spec.model_dump(mode="json", exclude_defaults=True)
+    if parse_spec(data).digest() != spec.digest():  # a default that the digest still sees: keep them all
+        data = spec.model_dump(mode="json")
+    head = (f"# the stored spec of sweep {name!r} (`isoflop spec {name}`): `isoflop plan` of this file "
+            "changes nothing\n")
+    return head + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+

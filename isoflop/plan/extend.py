@@ -4,9 +4,12 @@
 
 - sizes: for every budget whose minimum is at or beyond an edge of its sizes (flags
   `vertex_out_of_range`, `vertex_near_edge`), sizes beyond that edge at the budget's own grid
-  spacing, until at least `BRACKET` sizes lie beyond the fitted minimum on that side (where the
-  lowest loss sits on the edge, the minimum counts as at the edge: it may lie further out, and the
-  next round of `extend` goes on). Each new size runs at the sweep's rules and grids.
+  spacing, until at least `BRACKET` sizes lie beyond the fitted minimum on that side. Where the
+  lowest loss sits on the edge the fit cannot place the minimum, so extend predicts it (the
+  frontier of the bracketed budgets, or a parabola through the sizes nearest the edge: the farther
+  of the two) and plans past the prediction; with no prediction beyond the edge, or one beyond
+  `MAX_NEW_SIZES` steps, it says to run `extend` again after these finish. Each new size runs at
+  the sweep's rules and grids.
 - multipliers: for every cell (budget, size) whose optimal η (or B) is at an edge of its grid,
   the next multiplier beyond it (the grid's own ratio), at that size.
 - a budget (`--budget C`): `points` sizes centred on the predicted N_opt at C and spanning at
@@ -55,6 +58,7 @@ class BudgetFit:
     n_opt: float               # the fitted minimum (NaN: none)
     flags: tuple[str, ...]
     lowest_params: float       # N of the lowest mean loss
+    predicted: float = math.nan  # where the minimum probably is when it is beyond the edge (NaN: unknown)
 
 
 @dataclass(frozen=True)
@@ -109,8 +113,34 @@ def _pick_beyond(spec: Spec, targets: list[float], *, above: float | None = None
         raise PlanError(f"no free shape of the model family beyond the grid: {e}") from None
 
 
-def size_extensions(spec: Spec, fits: Sequence[BudgetFit], sizes: Sequence[SizeRow]) -> list[Extension]:
-    """New sizes for every budget whose minimum is at or beyond an edge (see the module docstring)."""
+def edge_parabola_vertex(params: Sequence[float], means: Sequence[float]) -> float:
+    """N of the vertex of a parabola in ln N through the 3 sizes nearest the lowest mean loss when that
+    lowest loss is at an edge: an extrapolated guess of where the minimum lies beyond it (NaN: the
+    parabola is not convex or its vertex is not beyond that edge)."""
+    x, y = np.log(np.asarray(params, float)), np.asarray(means, float)
+    order = np.argsort(x)
+    x, y = x[order], y[order]
+    if len(x) < 3:
+        return math.nan
+    i = int(np.argmin(y))
+    if i == 0:
+        xs, ys = x[:3], y[:3]
+    elif i == len(x) - 1:
+        xs, ys = x[-3:], y[-3:]
+    else:
+        return math.nan
+    a, b, _ = np.polyfit(xs - xs.mean(), ys, 2)
+    if not a > 0:
+        return math.nan
+    v = float(xs.mean() - b / (2 * a))
+    beyond = v < x[0] if i == 0 else v > x[-1]
+    return math.exp(v) if beyond and abs(v) < 700 else math.nan
+
+
+def size_extensions(spec: Spec, fits: Sequence[BudgetFit], sizes: Sequence[SizeRow],
+                    notes: list[str] | None = None) -> list[Extension]:
+    """New sizes for every budget whose minimum is at or beyond an edge (see the module docstring);
+    `notes` gets a line for each budget where one round may not be enough."""
     out: list[Extension] = []
     for f in fits:
         if not set(f.flags) & set(EDGE_BUDGET_FLAGS):
@@ -122,18 +152,27 @@ def size_extensions(spec: Spec, fits: Sequence[BudgetFit], sizes: Sequence[SizeR
         x_low, x_high = float(ln[0]), float(ln[-1])
         x_best = math.log(f.lowest_params)
         x_star = math.log(f.n_opt) if math.isfinite(f.n_opt) and f.n_opt > 0 else x_best
-        # a lowest loss on an edge: the minimum is at least there (it may lie beyond)
-        if abs(x_best - x_high) < 1e-9:
-            x_star = max(x_star, x_high)
-        if abs(x_best - x_low) < 1e-9:
-            x_star = min(x_star, x_low)
         step = _budget_step(spec, f.budget)
+        # a lowest loss on an edge: the minimum is at least there, and where it is predicted beyond
+        # that edge, there (a quarter step further: a prediction short by a little still leaves it inside)
+        x_pred = math.log(f.predicted) if math.isfinite(f.predicted) and f.predicted > 0 else math.nan
+        unsure = False
+        if abs(x_best - x_high) < 1e-9:
+            x_star = max(x_star, x_high, x_pred + step / 4 if x_pred > x_high else x_high)
+            unsure = not x_pred > x_high
+        if abs(x_best - x_low) < 1e-9:
+            x_star = min(x_star, x_low, x_pred - step / 4 if x_pred < x_low else x_low)
+            unsure = not x_pred < x_low
         n_above = int((ln > x_star + 1e-9).sum())
         n_below = int((ln < x_star - 1e-9).sum())
-        above_needed = BRACKET - n_above + (1 if x_star > x_high + 1e-9 else 0) * int(round((x_star - x_high) / step))
-        below_needed = BRACKET - n_below + (1 if x_star < x_low - 1e-9 else 0) * int(round((x_low - x_star) / step))
+        above_needed = BRACKET - n_above + (math.ceil((x_star - x_high) / step) if x_star > x_high + 1e-9 else 0)
+        below_needed = BRACKET - n_below + (math.ceil((x_low - x_star) / step) if x_star < x_low - 1e-9 else 0)
+        unsure = unsure or max(above_needed, below_needed) > MAX_NEW_SIZES
         above_needed = min(max(0, above_needed), MAX_NEW_SIZES)
         below_needed = min(max(0, below_needed), MAX_NEW_SIZES)
+        if unsure and notes is not None and (above_needed or below_needed):
+            notes.append(f"budget {f.budget:.3g}: its minimum may lie beyond the sizes added now; run "
+                         "`isoflop extend` again after these finish")
         top_point = max(s[1] for s in own)
         low_point = min(s[1] for s in own)
         if above_needed:
