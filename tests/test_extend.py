@@ -172,3 +172,62 @@ def test_a_cell_at_the_edge_of_its_lr_grid_gets_the_next_multiplier(tmp_path):
     for c in cells:
         assert len(c["lr_values"]) == 6
         assert c["lr_opt"] == pytest.approx(2.0 * 1e18 ** -0.15, rel=0.1)
+
+
+# ---------------------------------------------------------------------------- one round is enough
+def test_a_minimum_predicted_beyond_the_edge_is_planned_two_steps_inside():
+    """The lowest loss on the small-N edge, its minimum predicted half a step beyond: sizes until the
+    prediction is >= 2 steps inside (3 sizes, not the 2 that left it one step from the new edge)."""
+    spec = _spec(grid={"points": 5, "span": 16})
+    sizes = _sizes(spec)
+    own = sorted(s.params for s in sizes if s.budget == 1e18)
+    step = math.log(16) / 4
+    pred = own[0] * math.exp(-0.46 * step)
+    notes: list[str] = []
+    ext = size_extensions(spec, [BudgetFit(1e18, own[0], ("vertex_out_of_range",), own[0], pred)], sizes, notes)
+    assert [e.point for e in ext] == [-1, -2, -3] and notes == []
+    new_low = min(r.params for r in plan(spec.model_copy(update={"extend": ext})) if r.budget == 1e18)
+    assert math.log(pred / new_low) >= 2 * step * 0.9
+    # no prediction beyond the edge: the two sizes of old, and the advice to run extend again
+    ext = size_extensions(spec, [BudgetFit(1e18, own[0], ("vertex_out_of_range",), own[0])], sizes, notes)
+    assert [e.point for e in ext] == [-1, -2] and "run `isoflop extend` again" in notes[0]
+
+
+def test_edge_parabola_vertex_extrapolates_beyond_the_edge_only():
+    from isoflop.plan.extend import edge_parabola_vertex
+
+    x = [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert math.log(edge_parabola_vertex(list(map(math.exp, x)), [(v - 0.5) ** 2 for v in x])) == pytest.approx(0.5)
+    assert math.log(edge_parabola_vertex(list(map(math.exp, x)), [(v - 5.7) ** 2 for v in x])) == pytest.approx(5.7)
+    assert math.isnan(edge_parabola_vertex(list(map(math.exp, x)), [(v - 3) ** 2 for v in x]))   # inside
+    assert math.isnan(edge_parabola_vertex(list(map(math.exp, x)), [-v for v in x]))             # not convex
+
+
+@pytest.mark.slow
+def test_one_extend_brackets_every_budget_of_a_grid_centred_too_large(tmp_path):
+    """Every budget centred 5.5x above its optimum (the minimum just beyond the small-N edge): one extend
+    brackets all four; before its runs finish extend says so; the stale spec file is refused naming the
+    extend entries, and `isoflop spec` writes the stored spec back (planning it is a no-op)."""
+    wd = tmp_path / "work"
+    prof = profile(tmp_path)
+    budgets = [1e18, 1e19, 1e20, 1e21]
+    spec = write_spec(tmp_path / "big.yaml", "big", budgets, points=5, noise=0.005,
+                      centre_at={c: 5.5 * float(LAW.n_opt(c)) for c in budgets})
+    run_isoflop("plan", str(spec), workdir=wd)
+    submit_and_wait("big", wd, prof)
+    assert all(set(b["flags"]) & EDGE for b in fit_json("big", wd, "--bootstrap", "100")["budgets"])
+    out = run_isoflop("extend", "big", "--bootstrap", "100", workdir=wd).stdout
+    assert "new run(s)" in out and "isoflop spec big -o FILE" in out
+    again = run_isoflop("extend", "big", "--dry-run", "--bootstrap", "100", workdir=wd).stdout
+    added = sum(1 for r in json.loads(run_isoflop("status", "big", "--json", workdir=wd).stdout)["runs"]
+                if r["state"] == "planned")
+    assert f"{added} run(s) added by an earlier extend are not finished yet" in again, again
+    submit_and_wait("big", wd, prof)
+    fit = fit_json("big", wd, "--bootstrap", "100")
+    assert not [b for b in fit["budgets"] if set(b["flags"]) & EDGE], fit["budgets"]
+
+    refused = run_isoflop("plan", str(spec), workdir=wd, check=False)
+    assert refused.returncode == 2 and "`extend:` entries" in refused.stderr and "isoflop spec big" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    run_isoflop("spec", "big", "-o", str(spec), "--overwrite", workdir=wd)
+    assert "nothing changed" in run_isoflop("plan", str(spec), workdir=wd).stdout

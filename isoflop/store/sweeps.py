@@ -79,6 +79,14 @@ def save_plan(
             if gone:
                 done = sum(1 for rid in gone if stored[rid][1] in FINAL_STATES)
                 what.append(f"{len(gone)} run(s) no longer planned ({done} finished)")
+            extended = len(sw.spec.get("extend") or []) - len(spec_json.get("extend") or [])
+            if extended > 0:  # `isoflop extend` added entries to the stored spec that the file lacks
+                raise SpecChanged(
+                    f"sweep {spec.name!r} is already planned with a different spec: the stored spec has {extended} "
+                    f"`extend:` entr{'y' if extended == 1 else 'ies'} from `isoflop extend` that this spec lacks"
+                    + (f" ({', '.join(what)})" if what else "")
+                    + f"; `isoflop spec {spec.name} -o FILE` writes the stored spec to plan from "
+                    "(--force would supersede those runs)")
             raise SpecChanged(
                 f"sweep {spec.name!r} is already planned with a different spec"
                 + (f" ({', '.join(what)})" if what else " (same runs, other settings)")
