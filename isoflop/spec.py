@@ -229,9 +229,25 @@ class FromSweep(_Strict):
 Rule = Union[float, PowerRule, FromSweep, Literal["deepseek", "porian"]]
 
 
+def _as_from_sweep(v: Any) -> Any:
+    """A mapping with `from_sweep` is that rule: report its own mistakes, not those of the other rule
+    forms it also fails (`of: D` would otherwise read as a PowerRule lacking `coef`)."""
+    if not (isinstance(v, dict) and "from_sweep" in v):
+        return v
+    if v.get("of", "C") not in ("C", "N"):
+        raise ValueError(f"from_sweep.of must be C or N (the law η*(C) or η*(N)), got {v.get('of')!r}")
+    try:
+        return FromSweep.model_validate(v)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ValueError(f"from_sweep.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+
+
 class BatchRule(_Strict):
     rule: Rule = 524288.0
     unit: Literal["tokens", "sequences"] = "tokens"
+
+    _from_sweep = field_validator("rule", mode="before")(classmethod(lambda cls, v: _as_from_sweep(v)))
 
     @field_validator("rule")
     @classmethod
@@ -475,6 +491,8 @@ class Spec(_Strict):
         for x in v:
             _positive_finite(x, "multiplier")
         return v
+
+    _lr_from_sweep = field_validator("lr", mode="before")(classmethod(lambda cls, v: _as_from_sweep(v)))
 
     @field_validator("lr")
     @classmethod

@@ -226,3 +226,29 @@ def test_from_sweep_of_n_uses_the_porian_form(lr_sweep):
     assert len(runs) == 9
     for r in runs:
         assert r["lr"] == pytest.approx(r["lr_mult"] * law["coefficient"] * r["params"] ** law["exponent"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_design_resolves_from_sweep_like_plan(lr_sweep):
+    """`design` of a spec with {from_sweep: NAME}, planned or not: it reads the law from the store (F6)."""
+    tmp, wd = lr_sweep
+    law_arg = ",".join(f"{k}={v}" for k, v in HOFFMANN.items())
+    spec = write_spec(tmp / "d.yaml", "d-next", [3e19, 1e20], points=3, lr={"from_sweep": "tune"})
+    for _ in range(2):  # before and after `plan` stores it
+        out = json.loads(run_isoflop("design", str(spec), "--law", law_arg, "--noise", "0.01", "--sims", "2",
+                                     "--bootstrap", "0", "--no-variants", "--json", workdir=wd).stdout)
+        assert out["variants"][0]["runs"] == 6
+        run_isoflop("plan", str(spec), workdir=wd)
+
+
+def test_from_sweep_mistakes_read_as_from_sweep_mistakes(tmp_path):
+    """`of: D` names from_sweep's own field; a store that is not there says which sweep it needs (F6, F13)."""
+    bad = write_spec(tmp_path / "of.yaml", "of", [3e19], points=3, lr={"from_sweep": "tune", "of": "D"})
+    p = run_isoflop("plan", str(bad), workdir=tmp_path / "w", check=False)
+    assert p.returncode == 2 and "from_sweep.of must be C or N" in p.stderr and "coef" not in p.stderr
+    ok = write_spec(tmp_path / "ok.yaml", "ok", [3e19], points=3, batch={"rule": {"from_sweep": "tune"}})
+    (tmp_path / "empty").mkdir()
+    p = run_isoflop("plan", str(ok), workdir=tmp_path / "empty", check=False)
+    assert p.returncode == 2 and "'tune'" in p.stderr and "--workdir" in p.stderr
+    assert "run `isoflop plan SPEC` first" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert list((tmp_path / "empty").iterdir()) == []
