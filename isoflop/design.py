@@ -45,6 +45,8 @@ def parse_law(text: str) -> dict[str, float]:
         k, v = (s.strip() for s in part.split("=", 1))
         if k not in LAW_KEYS:
             raise DesignError(f"--law: unknown key {k!r} (keys: {', '.join(LAW_KEYS)})")
+        if k in out:
+            raise DesignError(f"--law: {k} is given twice")
         try:
             x = float(v)
         except ValueError:

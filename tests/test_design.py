@@ -26,7 +26,8 @@ def _spec(points=5, budgets=(1e17, 3e17, 1e18, 3e18, 1e19), **kw):
 def test_parse_law_refuses_in_one_line():
     assert parse_law(LAW) == {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
     for bad, msg in (("E=1.69,A=406", "lacks"), ("E=x,A=1,B=1,alpha=1,beta=1", "not a number"),
-                     ("E=1,A=1,B=1,alpha=-1,beta=1", "positive"), ("E=1,Q=2", "unknown key"), ("E", "KEY=VALUE")):
+                     ("E=1,A=1,B=1,alpha=-1,beta=1", "positive"), ("E=1,Q=2", "unknown key"), ("E", "KEY=VALUE"),
+                     (LAW + ",E=2", "E is given twice")):
         with pytest.raises(DesignError, match=msg):
             parse_law(bad)
 
