@@ -30,6 +30,8 @@ from .errors import UserError
 from .train.simulate_run import Surface, surface_of
 
 LAW_KEYS = ("E", "A", "B", "alpha", "beta")
+#: a median interval width and the spread of the estimates further apart than this: the intervals mislead
+DISAGREE = 1.5
 
 
 class DesignError(UserError, ValueError):
@@ -135,11 +137,33 @@ class Outcome:
     def cost(self) -> float:
         return self.gpu_hours if self.gpu_hours is not None else self.flops
 
+    def disagreeing(self) -> dict[str, str]:
+        """Quantities whose median interval width and the spread of the estimates differ by more than
+        `DISAGREE`×: "overconfident" (the intervals are too narrow for this design) or "wide"."""
+        out = {}
+        for q in ("exponent", "n_opt", "loss_opt"):
+            w, sp = getattr(self, f"{q}_width"), getattr(self, f"{q}_spread")
+            if math.isfinite(w) and math.isfinite(sp) and w > 0 and sp > 0:
+                if sp > DISAGREE * w:
+                    out[q] = "overconfident"
+                elif w > DISAGREE * sp:
+                    out[q] = "wide"
+        return out
+
+    @property
+    def exponent_precision(self) -> float:
+        """The a width to rank by: the larger of the intervals' width and the estimates' spread (a narrow
+        interval that the spread contradicts buys nothing)."""
+        vals = [v for v in (self.exponent_width, self.exponent_spread) if math.isfinite(v)]
+        return max(vals) if vals else math.nan
+
     def to_json(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("name", "runs", "flops", "gpu_hours", "sims", "exponent_width",
                                            "exponent_spread", "n_opt_width", "n_opt_spread", "loss_opt_width",
                                            "loss_opt_spread", "flagged_share", "no_frontier", "exponent_true",
                                            "n_opt_true", "loss_opt_true", "exponent_bias")}
+        d["exponent_precision"] = self.exponent_precision
+        d["disagreeing"] = self.disagreeing()
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
 
@@ -279,20 +303,34 @@ def render_design(rep: DesignReport, console: Any) -> None:
     def f3(v: float, fmt: str = ".3f") -> str:
         return format(v, fmt) if math.isfinite(v) else "-"
 
+    def eff(o: Outcome) -> float:
+        return o.exponent_precision * math.sqrt(o.cost / base.cost)
+
+    def mark(o: Outcome, q: str) -> str:
+        return {"overconfident": " [red]![/]", "wide": " [dim]~[/]"}.get(o.disagreeing().get(q, ""), "")
+
     for o in rep.outcomes:
-        eff = o.exponent_width * math.sqrt(o.cost / base.cost) if math.isfinite(o.exponent_width) else math.nan
-        t.add_row(o.name, str(o.runs), f"{o.cost:.3g}", f"{f3(o.exponent_width)} ({f3(o.exponent_spread)})",
-                  f"{f3(math.exp(o.n_opt_width), '.2f')} ({f3(math.exp(o.n_opt_spread), '.2f')})"
+        t.add_row(o.name, str(o.runs), f"{o.cost:.3g}",
+                  f"{f3(o.exponent_width)} ({f3(o.exponent_spread)}){mark(o, 'exponent')}",
+                  f"{f3(math.exp(o.n_opt_width), '.2f')} ({f3(math.exp(o.n_opt_spread), '.2f')}){mark(o, 'n_opt')}"
                   if math.isfinite(o.n_opt_width) else "-",
-                  f"{f3(o.loss_opt_width)} ({f3(o.loss_opt_spread)})",
+                  f"{f3(o.loss_opt_width)} ({f3(o.loss_opt_spread)}){mark(o, 'loss_opt')}",
                   f"{o.flagged_share:.0%}" + (f", no frontier in {o.no_frontier:.0%}" if o.no_frontier else ""),
-                  f3(eff))
+                  f3(eff(o)))
     console.print(t)
+    if any(o.disagreeing() for o in rep.outcomes):
+        console.print(f"[red]![/]: the spread of the estimates is over {DISAGREE:g}× the intervals' width: the fit's "
+                      "intervals are overconfident for that design (trust the spread); [dim]~[/]: the intervals are "
+                      f"over {DISAGREE:g}× wider than the spread")
+    ranked = sorted((o for o in rep.outcomes if math.isfinite(eff(o))), key=eff)
+    if ranked:
+        console.print(f"most precise a per {'GPU-hour' if base.gpu_hours is not None else 'FLOP'}: "
+                      f"{ranked[0].name!r} (ranked by the larger of the a width and its spread)")
     if base.no_frontier:
         console.print(f"[yellow]as planned, {base.no_frontier:.0%} of the simulated sweeps have no frontier[/] "
                       f"({base.flagged_share:.0%} of their budgets flagged): move the grid's centre (or widen its "
                       "span) before spending GPU-hours on it")
-    console.print("a width × √cost: lower buys more precision per "
+    console.print("a width × √cost (the larger of width and spread): lower buys more precision per "
                   f"{'GPU-hour' if base.gpu_hours is not None else 'FLOP'} (a width falls as 1/√cost when runs "
                   "are only repeated); N_opt ×: the interval's hi/lo ratio at the target")
     if base.gpu_hours is None:

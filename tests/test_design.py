@@ -101,3 +101,28 @@ def test_design_cli_five_budgets_nine_sizes_under_30_seconds(tmp_path):
     assert "SIMULATED" in text and "a width" in text and "GPU-h" in text
     bad = run_isoflop("design", str(spec), "--law", "E=1", "--noise", "0.01", workdir=tmp_path / "w", check=False)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_widths_that_the_spread_contradicts_are_marked_and_do_not_win_the_ranking():
+    """A variant whose a interval is narrow but whose estimates spread 4× wider is marked overconfident and
+    ranked by its spread; the honest variant ranks first (F7)."""
+    from rich.console import Console
+
+    from isoflop.design import DesignReport, Outcome, render_design
+
+    def outcome(name, a_w, a_sp, l_w, l_sp):
+        return Outcome(name=name, runs=20, flops=1e20, gpu_hours=10.0, sims=16, exponent_width=a_w,
+                       exponent_spread=a_sp, n_opt_width=0.5, n_opt_spread=0.55, loss_opt_width=l_w,
+                       loss_opt_spread=l_sp, flagged_share=0.0, no_frontier=0.0, exponent_true=0.45,
+                       n_opt_true=1e9, loss_opt_true=2.0, exponent_bias=0.0)
+
+    honest = outcome("as planned", 0.10, 0.11, 0.05, 0.06)
+    narrow = outcome("points 3", 0.05, 0.20, 0.049, 0.21)
+    assert honest.disagreeing() == {} and narrow.disagreeing() == {"exponent": "overconfident",
+                                                                   "loss_opt": "overconfident"}
+    assert narrow.exponent_precision == 0.20 and narrow.to_json()["disagreeing"]["loss_opt"] == "overconfident"
+    con = Console(record=True, width=200)
+    render_design(DesignReport(1e22, 0.01, (honest, narrow), ()), con)
+    text = con.export_text()
+    assert "0.050 (0.200) !" in text and "0.049 (0.210) !" in text and "0.100 (0.110) !" not in text
+    assert "overconfident" in text and "most precise a per GPU-hour: 'as planned'" in text
