@@ -231,3 +231,9 @@ def test_one_extend_brackets_every_budget_of_a_grid_centred_too_large(tmp_path):
     assert len(refused.stderr.strip().splitlines()) == 1
     run_isoflop("spec", "big", "-o", str(spec), "--overwrite", workdir=wd)
     assert "nothing changed" in run_isoflop("plan", str(spec), workdir=wd).stdout
+
+
+def test_show_command_with_no_match_does_not_ask_for_a_longer_prefix(tmp_path):
+    spec = write_spec(tmp_path / "s.yaml", "s", [1e18], points=3)
+    p = run_isoflop("plan", str(spec), "--show-command", "zzzz", workdir=tmp_path / "w", check=False)
+    assert p.returncode == 2 and "matches no run" in p.stderr and "longer" not in p.stderr
