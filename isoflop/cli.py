@@ -740,8 +740,9 @@ def extend(
     waiting = (f"{res.unfinished} run(s) added by an earlier extend are not finished yet (submit them: "
                f"`isoflop submit {sweep}`); " if res.unfinished else "")
     if not res.added:
-        console.print(f"sweep {sweep!r}: {waiting}" + ("nothing more to add until they finish" if waiting else
-                      "every budget's minimum and every cell's optimum is bracketed; nothing to add"))
+        console.print(f"sweep {sweep!r}: {waiting}" + (
+            "nothing more to add until they finish" if res.waiting else
+            "every budget's minimum and every cell's optimum is bracketed; nothing to add"))
         return
     t = Table(title=f"{'would add' if dry_run else 'added'} {len(res.added)} run(s), by size", title_justify="left")
     for c in ("budget", "point", "N", "shape L×d×h", "runs", "lr", "B tok", "first run"):

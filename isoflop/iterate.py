@@ -112,6 +112,7 @@ def _resolve(spec: Spec, rule: FromSweep, field: str, engine: Any, where: str) -
 
 
 # ---------------------------------------------------------------------------- extend
+_FINISHED = ("completed", "failed", "diverged", "lost", "cancelled", "superseded")
 @dataclass(frozen=True)
 class ExtendResult:
     sweep: str
@@ -122,6 +123,7 @@ class ExtendResult:
     stored: bool
     notes: tuple[str, ...]
     unfinished: int = 0             # runs added by an earlier extend that are planned or active, not finished
+    waiting: int = 0                # every run of the sweep not finished (their budgets were not extended)
 
 
 def _lowest_params(points: tuple) -> dict[float, tuple[float, float]]:
@@ -174,7 +176,7 @@ def plan_extension(engine: Any, name: str, *, budget: float | None = None, boots
     with Session(engine) as s:
         sw = get_sweep(s, name)
         stored = s.execute(select(Run.budget, Run.point, Run.n_layer, Run.d_model, Run.params, Run.lr_mult,
-                                  Run.batch_mult).where(Run.sweep_id == sw.id, Run.state != "superseded")).all()
+                                  Run.batch_mult, Run.state).where(Run.sweep_id == sw.id, Run.state != "superseded")).all()
     notes: list[str] = []
     if budget is not None:
         if any(abs(r.budget / budget - 1) < 1e-9 for r in stored):
@@ -196,8 +198,18 @@ def plan_extension(engine: Any, name: str, *, budget: float | None = None, boots
                                       why=f"budget {budget:.3g} added ({src})"), notes
     sizes = [SizeRow(r.budget, r.point, r.n_layer, r.d_model, r.params) for r in stored]
     lowest = _lowest_params(report.points)
+    # a budget with runs still to finish is judged without them: its edge may be among them
+    waiting: dict[float, int] = {}
+    for r in stored:
+        if r.state not in _FINISHED:
+            waiting[r.budget] = waiting.get(r.budget, 0) + 1
+    for b, k in sorted(waiting.items()):
+        notes.append(f"budget {b:.3g}: {k} run(s) not finished (planned or running; `isoflop status {name}` "
+                     "records finished ones): not extended until they finish")
     fits = []
     for f in report.budgets:
+        if any(abs(f.budget / b - 1) < 1e-9 for b in waiting):
+            continue
         low, vertex = lowest.get(f.budget, (math.nan, math.nan))
         own = [r.params for r in stored if r.budget == f.budget]
         pred = _predicted_beyond(report, f.budget, low, vertex, own) if set(f.flags) & set(EDGE_BUDGET_FLAGS) \
@@ -210,7 +222,8 @@ def plan_extension(engine: Any, name: str, *, budget: float | None = None, boots
         for c in h.cells:
             for kind in ("lr", "batch"):
                 a = getattr(c, kind)
-                if a is None or not set(a.flags) & {"at_low_edge", "at_high_edge"}:
+                if a is None or not set(a.flags) & {"at_low_edge", "at_high_edge"} or any(
+                        abs(c.budget / b - 1) < 1e-9 for b in waiting):
                     continue
                 mine = [r for r in stored if r.budget == c.budget and abs(math.log(r.params / c.params)) < 0.02]
                 if not mine:
@@ -244,11 +257,12 @@ def extend_sweep(engine: Any, name: str, workdir: Path, *, budget: float | None 
         save_plan(engine, extended, runs, workdir, force=True)
     return ExtendResult(name, added, tuple(new), gpu_hours(list(added), spec.throughput),
                         float(sum(r.ledger["flops_exact"] for r in added)), bool(new) and not dry_run, tuple(notes),
-                        _unfinished_extension_runs(engine, name, spec))
+                        *_unfinished_runs(engine, name, spec))
 
 
-def _unfinished_extension_runs(engine: Any, name: str, spec: Spec) -> int:
-    """How many runs of the stored spec's `extend:` entries are not finished (the fit has not seen them)."""
+def _unfinished_runs(engine: Any, name: str, spec: Spec) -> tuple[int, int]:
+    """How many runs of the stored spec's `extend:` entries, and of the whole sweep, are not finished
+    (the fit has not seen them)."""
     from sqlalchemy import select
     from sqlalchemy.orm import Session
 
@@ -257,14 +271,13 @@ def _unfinished_extension_runs(engine: Any, name: str, spec: Spec) -> int:
     from .store.models import Run
     from .store.sweeps import get_sweep
 
-    if not spec.extend:
-        return 0
-    base = {r.run_id for r in plan(spec.model_copy(update={"extend": []}))}
+    base = {r.run_id for r in plan(spec.model_copy(update={"extend": []}))} if spec.extend else None
     final = {s.value for s in RUN_FINAL} | {"superseded"}
     with Session(engine) as s:
         sw = get_sweep(s, name)
         rows = s.execute(select(Run.run_id, Run.state).where(Run.sweep_id == sw.id)).all()
-    return sum(1 for rid, state in rows if rid not in base and state not in final)
+    todo = [rid for rid, state in rows if state not in final]
+    return (0 if base is None else sum(1 for rid in todo if rid not in base)), len(todo)
 
 
 def _live_run_ids(engine: Any, name: str) -> set[str]:

@@ -237,3 +237,23 @@ def test_show_command_with_no_match_does_not_ask_for_a_longer_prefix(tmp_path):
     spec = write_spec(tmp_path / "s.yaml", "s", [1e18], points=3)
     p = run_isoflop("plan", str(spec), "--show-command", "zzzz", workdir=tmp_path / "w", check=False)
     assert p.returncode == 2 and "matches no run" in p.stderr and "longer" not in p.stderr
+
+
+@pytest.mark.slow
+def test_extend_leaves_a_budget_with_unfinished_runs_alone(tmp_path):
+    """Only 1e18's runs submitted: extend judges that budget and says 1e19 waits for its runs (F16)."""
+    import time
+
+    wd = tmp_path / "work"
+    prof = profile(tmp_path)
+    spec = write_spec(tmp_path / "half.yaml", "half", [1e18, 1e19], points=5,
+                      centre_at={c: 5.5 * float(LAW.n_opt(c)) for c in (1e18, 1e19)})
+    run_isoflop("plan", str(spec), workdir=wd)
+    run_isoflop("submit", "half", "--profile", prof, "--budget", "1e18", workdir=wd)
+    deadline = time.time() + 240
+    while json.loads(run_isoflop("status", "half", "--json", workdir=wd).stdout)["active"]:
+        assert time.time() < deadline
+        time.sleep(1.0)
+    out = run_isoflop("extend", "half", "--dry-run", "--bootstrap", "100", workdir=wd).stdout
+    assert "budget 1e+19: 5 run(s) not finished" in out, out
+    assert "budget 1e+18: minimum at the small-N edge" in out and "budget 1e+19: minimum" not in out
