@@ -270,7 +270,12 @@ def fit_report(sweep: Optional[str] = None, *, csv: Optional[str | Path] = None,
     report = replace(report, hparams=hparams_of_table(
         table, lr_col, batch_col, [f.budget for f in report.budgets], bootstrap=bootstrap, seed=seed,
         sigma=report.noise.sigma if report.noise is not None else math.nan))
-    simulated = spec is not None and spec.trainer.template == "simulate"
+    if csv is not None:
+        from .export import csv_simulated
+
+        simulated = csv_simulated(csv)   # an export of a simulated sweep keeps its label
+    else:
+        simulated = spec.trainer.template == "simulate"
     shapes: dict[float, dict[str, Any]] = {}
     if spec is not None:
         from .plan.grid import shape_for_params

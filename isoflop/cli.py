@@ -473,8 +473,13 @@ def submit(
         console.print("[bold]sbatch script[/] (first array):")
         console.print(res.sbatch_script, markup=False, highlight=False)
     verb = "would submit" if dry_run else "[green]submitted[/]"
+    from .records import sweep_simulated
+
+    # a simulated run draws its loss in milliseconds: the profile's estimate would be for real training
+    cost = ("SIMULATED: nothing trains, losses are drawn from the spec's law" if sweep_simulated(engine, sweep)
+            else f"about {res.gpu_hours:.3g} {hours}")
     console.print(f"{verb} {len(res.runs)} run(s) of sweep {sweep!r} in {res.jobs} job(s) "
-                  f"({prof.executor}, profile {prof.name!r}); about {res.gpu_hours:.3g} {hours}")
+                  f"({prof.executor}, profile {prof.name!r}); {cost}")
     if dry_run:
         return
     if wait:
@@ -681,7 +686,7 @@ def fit(
 @friendly
 def export(
     sweep: str = typer.Argument(..., help="sweep name in the store"),
-    fmt: str = typer.Option("csv", "--format", "-f", help="csv | parquet | jsonl (parquet needs isoflop[pandas])"),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="csv | parquet | jsonl (parquet needs isoflop[pandas]); default: from -o's extension, else csv"),
     out: Optional[Path] = typer.Option(None, "--output", "-o", help="file to write (default: stdout; parquet needs one)"),
     curves: bool = typer.Option(False, "--curves", help="also write the training curves to FILE-curves.EXT"),
 ) -> None:

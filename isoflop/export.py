@@ -22,6 +22,36 @@ from typing import Any, Optional, Sequence
 from .errors import UserError
 
 FORMATS = ("csv", "parquet", "jsonl")
+#: the format a file name asks for, when --format is not given (and what --format must agree with)
+SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+def resolve_format(fmt: Optional[str], out: Optional[Path]) -> str:
+    """The format to write: --format if given, else the one -o's extension names, else CSV.
+
+    A --format that contradicts the extension is refused: `-f csv -o runs.parquet` would leave a
+    file that every reader of .parquet files rejects."""
+    if fmt is not None and fmt not in FORMATS:
+        raise UserError(f"--format must be csv, parquet or jsonl, got {fmt!r}")
+    implied = SUFFIXES.get(out.suffix.lower()) if out is not None else None
+    if fmt is None:
+        return implied or "csv"
+    if implied is not None and implied != fmt:
+        raise UserError(f"--format {fmt} contradicts the file name {out.name} ({implied}); "
+                        f"drop --format or name the file .{fmt}")
+    return fmt
+
+
+def csv_simulated(path: str | Path) -> bool:
+    """Whether a `fit --csv` file is an export of a simulated sweep: it has a `simulated` column
+    and every row says true (a file mixing trained and simulated rows is not labelled simulated)."""
+    with Path(path).open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        name = next((f for f in (reader.fieldnames or []) if f.strip().lower() == "simulated"), None)
+        if name is None:
+            return False
+        cells = [(r.get(name) or "").strip().lower() for r in reader]
+    return bool(cells) and all(c in ("true", "1") for c in cells)
 
 
 def curves_path(out: Path) -> Path:
@@ -97,14 +127,14 @@ def _write(path: Path, data: bytes) -> None:
         raise UserError(f"{path}: cannot write ({e.strerror})") from None
 
 
-def export_sweep(engine: Any, sweep: str, fmt: str, out: Optional[Path] = None, *,
+def export_sweep(engine: Any, sweep: str, fmt: Optional[str], out: Optional[Path] = None, *,
                  curves: bool = False) -> list[Path]:
     """Write the runs of `sweep` to `out` (stdout when None) and, with curves=True, its training
-    curves to `curves_path(out)`. Returns the files written."""
+    curves to `curves_path(out)`. fmt None: from out's extension (CSV when it names none).
+    Returns the files written."""
     from .records import CURVE_COLUMNS, RUN_COLUMNS, curve_rows, run_rows
 
-    if fmt not in FORMATS:
-        raise UserError(f"--format must be csv, parquet or jsonl, got {fmt!r}")
+    fmt = resolve_format(fmt, out)
     if out is None and fmt == "parquet":
         raise UserError("--format parquet writes a binary file: give it with -o FILE")
     if out is None and curves:

@@ -27,11 +27,26 @@ OUTCOME = ("train_loss", "step_done", "tokens_done", "tokens_per_s", "measured_f
 ATTEMPT = ("attempts", "executor", "job_id", "node", "exit_code", "submitted_at", "started_at", "ended_at")
 RESULT = ("torch_version", "device", "dtype", "threads", "resumed_from_step", "fingerprint", "finished_at")
 RUN_COLUMNS = ("sweep", "run_id", *LEDGER, "state", "reason", "loss", "run_state", *OUTCOME, *ATTEMPT,
-               "spec_digest", "run_dir", *RESULT)
+               "spec_digest", "simulated", "run_dir", *RESULT)
 CURVE_COLUMNS = ("sweep", "run_id", "budget", "params", "state", "step", "tokens", "flops", "train_loss",
                  "val_loss", "lr", "tokens_per_s")
 SWEEP_COLUMNS = ("sweep", "runs", "completed", "active", "failed", "created_at", "updated_at", "spec_digest",
-                 "workdir")
+                 "simulated", "workdir")
+
+
+def simulated(spec: Optional[dict]) -> bool:
+    """A sweep whose trainer is the `simulate` template: its losses were drawn from a stated law."""
+    return ((spec or {}).get("trainer") or {}).get("template") == "simulate"
+
+
+def sweep_simulated(engine: Any, sweep: str) -> bool:
+    """Whether the stored sweep `sweep` is simulated (see `simulated`)."""
+    from sqlalchemy.orm import Session
+
+    from .store.sweeps import get_sweep
+
+    with Session(engine) as s:
+        return simulated(get_sweep(s, sweep).spec)
 
 
 def _time(t: Optional[datetime]) -> Optional[str]:
@@ -57,7 +72,7 @@ def sweep_rows(engine: Any) -> list[dict[str, Any]]:
                         "active": sum(c.get(a, 0) for a in ACTIVE_STATES),
                         "failed": sum(c.get(a, 0) for a in ("failed", "diverged", "lost")),
                         "created_at": _time(sw.created_at), "updated_at": _time(sw.updated_at),
-                        "spec_digest": sw.spec_digest, "workdir": sw.workdir})
+                        "spec_digest": sw.spec_digest, "simulated": simulated(sw.spec), "workdir": sw.workdir})
         return out
 
 
@@ -92,6 +107,7 @@ def run_rows(engine: Any, sweep: str, *, provenance: bool = True) -> list[dict[s
                 .join(Run, Run.id == Attempt.run_pk).where(Run.sweep_id == sw.id).group_by(Attempt.run_pk).subquery())
         attempts = {a.run_pk: (k, a) for a, k in s.execute(
             select(Attempt, last.c.k).join(last, (Attempt.run_pk == last.c.run_pk) & (Attempt.number == last.c.n)))}
+        sim = simulated(sw.spec)
         out = []
         for fr in seen:
             r = runs[fr["run_id"]]
@@ -106,7 +122,7 @@ def run_rows(engine: Any, sweep: str, *, provenance: bool = True) -> list[dict[s
             row.update(attempts=k, executor=a and a.executor, job_id=a and a.job_id, node=a and a.node,
                        exit_code=a and a.exit_code, submitted_at=_time(a and a.submitted_at),
                        started_at=_time(a and a.started_at), ended_at=_time(a and a.ended_at))
-            row.update(spec_digest=sw.spec_digest, run_dir=str(rdir))
+            row.update(spec_digest=sw.spec_digest, simulated=sim, run_dir=str(rdir))
             row.update({c: res.get(c) for c in RESULT})
             out.append(row)
         return out

@@ -54,7 +54,14 @@ def fill(tmp: Path) -> tuple[Path, str, str]:
         for step in (10, 20, 30):
             s.add(Metric(run_pk=pk, step=step, tokens=step * 1000, flops=step * 6e9, train_loss=5.0 - step / 100,
                          val_loss=None if step < 30 else 4.8, lr=1e-3, tokens_per_s=123.0))
-        return workdir, done.run_id, diverged
+        out = workdir, done.run_id, diverged
+    # the WAL checkpointed into the database file now, not when an engine left open here (or by
+    # finish_runs) is garbage-collected: that would change the file under a test that checks
+    # nothing writes to it
+    with eng.connect() as c:
+        c.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    eng.dispose()
+    return out
 
 
 def cli(*args: str, workdir: Path):

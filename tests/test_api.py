@@ -94,7 +94,7 @@ def test_sweeps_and_curves(store):
     sw = isoflop.sweeps(workdir=workdir)
     assert sw.to_dict("records")[0] | {"created_at": None, "updated_at": None, "spec_digest": None} == {
         "sweep": SWEEP, "runs": 56, "completed": 55, "active": 0, "failed": 1, "created_at": None,
-        "updated_at": None, "spec_digest": None, "workdir": str(workdir.resolve())}
+        "updated_at": None, "spec_digest": None, "simulated": False, "workdir": str(workdir.resolve())}
     c = isoflop.curves(SWEEP, workdir=workdir)
     assert list(c.step) == [10, 20, 30] and set(c.run_id) == {diverged} and set(c.state) == {"diverged"}
     assert list(c.train_loss) == [4.9, 4.8, 4.7] and same(c.val_loss[0], None) and c.val_loss[2] == 4.8

@@ -12,6 +12,7 @@ from isoflop.records import CURVE_COLUMNS, RUN_COLUMNS
 
 from .conftest import run_isoflop
 from .filled_store import FIT_ARGS, RESULT, SWEEP, cli, cli_json, filled
+from .simulated import profile, write_spec
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +73,8 @@ def _digest(path) -> str:
     ((SWEEP, "-o", "{tmp}/no/such/dir/r.csv"), "no such folder"),
     ((SWEEP, "-o", "{tmp}"), "is a folder"),
     ((SWEEP, "-o", "/proc/r.csv"), "cannot write"),
+    ((SWEEP, "-f", "csv", "-o", "{tmp}/r.parquet"), "--format csv contradicts the file name r.parquet"),
+    ((SWEEP, "-f", "parquet", "-o", "{tmp}/r.jsonl"), "contradicts the file name r.jsonl"),
 ])
 def test_bad_export_is_one_line_and_writes_nothing(store, tmp_path, args, expect):
     workdir, _, _ = store
@@ -81,3 +84,47 @@ def test_bad_export_is_one_line_and_writes_nothing(store, tmp_path, args, expect
     assert p.exit_code == 2
     assert len(p.stderr.strip().splitlines()) == 1 and expect in p.stderr, p.stderr
     assert p.stdout == "" and list(tmp_path.iterdir()) == [] and _digest(db) == before
+
+
+def test_format_follows_the_file_name(store, tmp_path):
+    """Without --format, -o's extension picks the format (a .parquet file that pandas can read)."""
+    import pyarrow.parquet as pq
+
+    workdir, _, _ = store
+    for name in ("r.parquet", "r.jsonl", "r.csv", "r.txt"):
+        run_isoflop("export", SWEEP, "-o", str(tmp_path / name), workdir=workdir)
+    assert len(pq.read_table(tmp_path / "r.parquet").to_pylist()) == 56
+    jsonl = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert len(jsonl) == 56 and jsonl[0]["simulated"] is False
+    # .csv and a name that says nothing are CSV (the default); an agreeing --format is accepted
+    assert (tmp_path / "r.csv").read_text() == (tmp_path / "r.txt").read_text()
+    assert next(csv.reader((tmp_path / "r.csv").open()))[:2] == ["sweep", "run_id"]
+    run_isoflop("export", SWEEP, "-f", "jsonl", "-o", str(tmp_path / "s.jsonl"), workdir=workdir)
+    assert (tmp_path / "s.jsonl").read_text() == (tmp_path / "r.jsonl").read_text()
+
+
+@pytest.mark.slow
+def test_simulated_sweep_keeps_its_label(tmp_path):
+    """An export of a simulated sweep says so in every row, `fit --csv` of it says "simulated": true,
+    and submit does not quote hours of training that will not happen."""
+    workdir = tmp_path / "work"
+    spec = write_spec(tmp_path / "sim.yaml", "sim", [1e17, 1e18, 1e19], points=5)
+    run_isoflop("plan", str(spec), workdir=workdir)
+    sub = run_isoflop("submit", "sim", "--profile", profile(tmp_path), "--wait", "--interval", "0.5", workdir=workdir)
+    assert "SIMULATED" in sub.stdout and "hours" not in sub.stdout, sub.stdout
+    run_isoflop("export", "sim", "-o", str(tmp_path / "sim.csv"), workdir=workdir)
+    rows = list(csv.DictReader((tmp_path / "sim.csv").open()))
+    assert len(rows) == 15 and {r["simulated"] for r in rows} == {"True"}
+    import isoflop
+    assert isoflop.sweeps(workdir=workdir).loc[0, "simulated"] == True  # noqa: E712 (numpy bool)
+    fit = json.loads(run_isoflop("fit", "--csv", str(tmp_path / "sim.csv"), "--json", "--bootstrap", "0",
+                                 workdir=workdir).stdout)
+    assert fit["simulated"] is True
+    # a file where one row was trained is not labelled simulated
+    rows[0]["simulated"] = "False"
+    with (tmp_path / "mixed.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    assert json.loads(run_isoflop("fit", "--csv", str(tmp_path / "mixed.csv"), "--json", "--bootstrap", "0",
+                                  workdir=workdir).stdout)["simulated"] is False
