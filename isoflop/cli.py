@@ -182,6 +182,13 @@ def _plan_one(spec, dry_run: bool, as_json: bool, force: bool, show_command: Opt
         from .dispatch.command import load_template
 
         template = load_template(spec.trainer.template)  # a bad template fails here, not in a job
+    if spec.trainer.template == "simulate":  # its vars are the law every run draws from: check them once here
+        from .train.simulate_run import SimulateError, surface_of
+
+        try:
+            surface_of(spec.trainer.vars)
+        except SimulateError as e:
+            fail(f"simulate: {e}")
     runs = plan_runs(spec)
     if template is not None:
         _render_every_run(spec, runs, template, workdir_path(OPTS.workdir) / "runs" / spec.name)

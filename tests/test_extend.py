@@ -257,3 +257,13 @@ def test_extend_leaves_a_budget_with_unfinished_runs_alone(tmp_path):
     out = run_isoflop("extend", "half", "--dry-run", "--bootstrap", "100", workdir=wd).stdout
     assert "budget 1e+19: 5 run(s) not finished" in out, out
     assert "budget 1e+18: minimum at the small-N edge" in out and "budget 1e+19: minimum" not in out
+
+
+def test_plan_refuses_bad_simulate_vars_before_storing(tmp_path):
+    """trainer.vars of the simulate template are checked at plan time, not once per failed run (F14)."""
+    for extra, msg in (({"noise": -1}, "noise must be >= 0"), ({"foo": 1}, "foo: unknown"),
+                       ({"law": {"E": 1.69}}, "law lacks")):
+        spec = write_spec(tmp_path / "bad.yaml", "bad", [1e18], points=3, extra_vars=extra)
+        p = run_isoflop("plan", str(spec), workdir=tmp_path / "w", check=False)
+        assert p.returncode == 2 and msg in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert not (tmp_path / "w" / "isoflop.db").exists()
