@@ -820,6 +820,7 @@ def design(
     bootstrap: int = typer.Option(200, "--bootstrap", help="resamples per simulated fit"),
     no_variants: bool = typer.Option(False, "--no-variants", help="only the spec as planned"),
     seed: int = typer.Option(0, "--seed", help="seed of the simulated noise"),
+    minimizer: str = typer.Option("akima", "--minimizer", help="the fit's per-budget minimizer: akima (default) | parabola"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Simulate the planned sweep many times (no training), fit each, and show the precision it buys:
@@ -835,7 +836,7 @@ def design(
     if spec.uses_from_sweep:
         spec, _ = _resolved(spec)
     rep = run_design(spec, parse_law(law), noise, target=target, sims=sims, bootstrap=bootstrap,
-                     seed=seed, compare=not no_variants)
+                     seed=seed, compare=not no_variants, minimizer=minimizer)
     if as_json:
         print(json.dumps(rep.to_json()))
         return

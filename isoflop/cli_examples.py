@@ -72,6 +72,8 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
          "how well the planned sweep predicts, under Chinchilla's law"),
         ("isoflop design sweep.yaml --law E=1.69,A=406.4,B=410.7,alpha=0.34,beta=0.28 --noise 0.02 "
          "--target 1e22 --no-variants", "only the spec as planned, at 1e22"),
+        ("isoflop design sweep.yaml --law E=1.69,A=406.4,B=410.7,alpha=0.34,beta=0.28 --noise 0.01 "
+         "--minimizer parabola", "the same with the parabola minimizer (fits up to 5 sizes, not through each)"),
     ],
     "compare": [
         ("isoflop compare adamw-sweep muon-sweep --predict 1e21", "compute multiplier of muon vs adamw, at 1e21"),

@@ -126,3 +126,25 @@ def test_widths_that_the_spread_contradicts_are_marked_and_do_not_win_the_rankin
     text = con.export_text()
     assert "0.050 (0.200) !" in text and "0.049 (0.210) !" in text and "0.100 (0.110) !" not in text
     assert "overconfident" in text and "most precise a per GPU-hour: 'as planned'" in text
+
+
+def test_fewer_sizes_winning_under_akima_is_explained():
+    """With akima, a 3-size grid beating the planned 5 is the minimizer's doing (it says so); parabola is offered."""
+    import dataclasses
+
+    from rich.console import Console
+
+    from isoflop.design import DesignReport, render_design
+
+    base = design(_spec(points=5, budgets=(1e17, 1e18, 1e19)), LAW_D, 0.01, sims=2, bootstrap=0, compare=False)
+    o = dataclasses.replace(base.outcomes[0], exponent_width=0.12, exponent_spread=0.09)
+    fewer = dataclasses.replace(o, name="points 3", runs=9, exponent_width=0.054, exponent_spread=0.058)
+    for minimizer, said in (("akima", True), ("parabola", False)):
+        con = Console(record=True, width=200)
+        render_design(DesignReport(o.n_opt_true, 0.01, (o, fewer), (), minimizer), con)
+        assert ("because of the minimizer" in con.export_text()) is said
+    par = design(_spec(points=5, budgets=(1e17, 1e18, 1e19)), LAW_D, 0.01, sims=2, bootstrap=0, compare=False,
+                 minimizer="parabola")
+    assert par.to_json()["minimizer"] == "parabola"
+    with pytest.raises(DesignError, match="akima or parabola"):
+        design(_spec(), LAW_D, 0.01, sims=2, compare=False, minimizer="spline")
