@@ -164,6 +164,8 @@ def _frontier_section(j: dict[str, Any]) -> str:
     return out
 
 
+NOT_BEST_SHOWN = 5   # not_best runs named in the exclusions summary
+
 HLAW_NAMES = {"lr": "η* = k·C^e", "lr_n": "η* = k·N^e", "batch": "B* = k·C^e", "batch_n": "B* = k·N^e"}
 
 
@@ -187,7 +189,41 @@ def _hparams_section(j: dict[str, Any]) -> str:
     reasons = h.get("law_reasons") or {}
     if reasons:
         out += "<ul>" + "".join(f"<li>no {_e(HLAW_NAMES.get(k, k))}: {_e(v)}</li>" for k, v in reasons.items()) + "</ul>"
-    return out
+    if h.get("sigma") is not None:
+        out += (f"<p class='muted'>Intervals: 5–95% over {_num(j, 'hparams.bootstrap')} resamples of the per-cell "
+                f"optima, σ = {_num(j, 'hparams.sigma')} ({_e(h.get('sigma_source'))}).</p>")
+    return out + _hparams_cells(j, cells)
+
+
+def _hparams_cells(j: dict[str, Any], cells: Sequence[dict[str, Any]]) -> str:
+    """Each (budget, size) cell's optimum per axis and why a cell is left out of the laws
+    (what `isoflop fit` prints as its cells table)."""
+    axes = [k for k in ("lr", "batch") if any(c.get(f"{k}_flags") is not None for c in cells)]
+    if not cells or not axes:
+        return ""
+    counts = []
+    for k in axes:
+        n: dict[str, int] = {}
+        for c in cells:
+            for f in c.get(f"{k}_flags") or ():
+                n[f] = n.get(f, 0) + 1
+        if n:
+            counts.append(f"{k} cells left out: " + ", ".join(f"{v} {f}" for f, v in sorted(n.items())))
+    rows = []
+    for i, c in enumerate(cells):
+        k = f"hparams.cells.{i}"
+        row = f"<tr>{_num(j, k + '.budget', 'td')}{_num(j, k + '.params', 'td')}{_num(j, k + '.runs', 'td')}"
+        for a in axes:
+            flags = c.get(f"{a}_flags")
+            row += (_num(j, f"{k}.{a}_opt", "td") if flags is not None else "<td class='n muted'>—</td>")
+            row += f"<td class='{'warn' if flags else 'muted'}'>{_e(', '.join(flags or ()))}</td>"
+        rows.append(row + "</tr>")
+    head = ["C (FLOPs)", "N", "runs"]
+    for a in axes:
+        head += ["η*" if a == "lr" else "B* (tokens)", f"{a} flags"]
+    return ("".join(f"<p class='warn'>{_e(t)}</p>" for t in counts)
+            + f"<details><summary>cells (budget, size): the optimum per axis ({len(cells)})</summary>"
+            + _table(head, rows, id="hparams-cells") + "</details>")
 
 
 def _predictions_section(j: dict[str, Any]) -> str:
@@ -225,12 +261,21 @@ def _exclusions_section(j: dict[str, Any]) -> str:
                        f"<td>{_e(FLAG_ADVICE.get(f, ('', ''))[1])}</td></tr>" for f in seen], id="flags-table")
     else:
         out += "<p class='ok'>no budget is flagged</p>"
+    # an lr/batch grid leaves most of its runs out on purpose: those are counted, not listed
+    # (each is in the run table, state not_best), so the runs that went wrong stay visible
+    lost = [e for e in j["excluded"] if e["reason"].startswith("not_best")]
     rows = [f"<tr data-run='{_e(e['run_id'])}'><td><code>{_e(e['run_id'])}</code></td>"
             f"{_num(j, f'excluded.{i}.budget', 'td')}<td>{_e(e['reason'])}</td></tr>"
-            for i, e in enumerate(j["excluded"])]
-    out += (f"<p>{len(rows)} run(s) left out of the fit, with their reasons:</p>"
+            for i, e in enumerate(j["excluded"]) if not e["reason"].startswith("not_best")]
+    if lost:
+        first = ", ".join(f"{e['run_id']} ({e['reason'].removeprefix('not_best: ')})" for e in lost[:NOT_BEST_SHOWN])
+        more = f" and {len(lost) - NOT_BEST_SHOWN} more" if len(lost) > NOT_BEST_SHOWN else ""
+        out += (f"<p id='not-best'>{len(lost)} run(s) are <code>not_best</code>: each lost its (budget, size, seed) "
+                f"cell of the lr/batch grid to a sibling, and the IsoFLOP fit takes the cell's best run "
+                f"(they are in the run table). <span class='muted'>E.g. {_e(first)}{_e(more)}.</span></p>")
+    out += (f"<p>{len(rows)} {'other ' if lost else ''}run(s) left out of the fit, with their reasons:</p>"
             + _table(["run", "C", "reason"], rows, id="excluded-table") if rows
-            else "<p class='ok'>no run was left out of the fit</p>")
+            else f"<p class='ok'>no {'other ' if lost else ''}run was left out of the fit</p>")
     return out
 
 
@@ -256,6 +301,18 @@ def _runs_section(runs: Sequence[dict[str, Any]]) -> str:
                      id="runs-table") + "</details>")
 
 
+def _nav(fit_json: Optional[dict[str, Any]]) -> str:
+    """Links to the sections the page has: a page without a fit has no optima, frontier, ..."""
+    links = [("figures", "figures" if fit_json is not None else "fit")]
+    if fit_json is not None:
+        links += [("budgets", "optima"), ("frontier", "frontier"), ("predictions", "predictions")]
+        if fit_json.get("hparams"):
+            links.append(("hparams", "lr and batch"))
+        links.append(("exclusions", "flags and exclusions"))
+    links += [("runs", "runs"), ("spec", "spec")]
+    return "<p id='nav'>" + " · ".join(f"<a href='#{a}'>{_e(t)}</a>" for a, t in links) + "</p>"
+
+
 def render_html(sweep: str, spec: dict[str, Any], runs: Sequence[dict[str, Any]], report: Any,
                 fit_json: Optional[dict[str, Any]], no_fit: Optional[str] = None) -> str:
     """The page (a str). `report`/`fit_json` are None when there is no fit yet (`no_fit` says why)."""
@@ -266,9 +323,7 @@ def render_html(sweep: str, spec: dict[str, Any], runs: Sequence[dict[str, Any]]
     parts = [f"<h1>IsoFLOP sweep <code>{_e(sweep)}</code></h1>",
              f"<p class='muted'>isoflop {_e(__version__)} · written {_e(time.strftime('%Y-%m-%d %H:%M %Z'))} · "
              "a self-contained page: nothing is fetched when it is opened</p>",
-             "<p><a href='#figures'>figures</a> · <a href='#budgets'>optima</a> · <a href='#frontier'>frontier</a> · "
-             "<a href='#predictions'>predictions</a> · <a href='#exclusions'>flags and exclusions</a> · "
-             "<a href='#runs'>runs</a> · <a href='#spec'>spec</a></p>"]
+             _nav(fit_json)]
     if (spec.get("trainer") or {}).get("template") == "simulate":
         # a page mailed around must not pass drawn losses off as trained ones
         parts.append("<p class='bad' id='simulated'><b>SIMULATED</b> sweep (trainer template 'simulate'): "

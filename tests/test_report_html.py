@@ -77,6 +77,12 @@ def chromium(*args: str, profile: Path, timeout: float = 120) -> subprocess.Comp
                           text=True, timeout=timeout)
 
 
+def assert_anchors_exist(text: str, page: Page) -> None:
+    missing = [u for u in page.urls if u.startswith("#") and f"id='{u[1:]}'" not in text
+               and f'id="{u[1:]}"' not in text]
+    assert not missing, f"links to sections the page lacks: {missing}"
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     return filled(tmp_path_factory)
@@ -101,12 +107,14 @@ def test_report_in_headless_chromium(store, tmp_path):
     assert len(page.images) == n and all(i.get("data-loaded") == "1" for i in page.images), page.images
     # nothing is fetched at view time: every resource is inline, every link is an anchor in the page
     assert page.urls and all(u.startswith(("data:", "#")) for u in page.urls), page.urls
+    assert_anchors_exist(p.stdout, page)
     # every labelled number is the fit's, at full precision and as shown
     assert len(page.numbers) > 60
     keys = {k for k, _, _ in page.numbers}
+    listed = [i for i, e in enumerate(fit["excluded"]) if not e["reason"].startswith("not_best")]
     for must in ("frontier.params.exponent_estimate", "frontier.params.exponent_ci.0", "predictions.1.n_opt_estimate",
-                 "predictions.0.loss_opt_ci.1", "budgets.3.n_opt_estimate", f"excluded.{len(fit['excluded']) - 1}.budget",
-                 "noise.sigma", "parametric.0.alpha"):
+                 "predictions.0.loss_opt_ci.1", "budgets.3.n_opt_estimate", f"excluded.{listed[-1]}.budget",
+                 "noise.sigma", "parametric.0.alpha", "hparams.cells.0.params", "hparams.cells.27.runs"):
         assert must in keys, must
     for key, value, shown in page.numbers:
         assert json.loads(value) == at(fit, key), key
@@ -139,6 +147,9 @@ def test_report_before_any_run_finished(tmp_path):
     assert "no fit: sweep 'fresh' has no completed runs yet (3 planned)" in html.unescape(text)
     assert set(page.runs.values()) == {"planned"} and len(page.runs) == 3
     assert "vocab_size: 256" in text and page.images == [] and page.fit_json == ""
+    # the nav bar links only what a page without a fit has
+    assert_anchors_exist(text, page)
+    assert [u for u in page.urls if u.startswith("#")] == ["#figures", "#runs", "#spec"]
     assert "SIMULATED" not in text
     # a sweep of drawn losses says so at the top of the page
     (tmp_path / "sim.yaml").write_text(tiny_spec("sim").replace("template: builtin", "template: simulate"))
@@ -187,3 +198,40 @@ def test_hparams_laws_are_labelled():
     text = html.unescape(_hparams_section(j))
     assert "2 (budget, size) cell(s) with a grid, 1 flagged" in text and "no η* = k·N^e: too few sizes" in text
     assert _hparams_section({"hparams": None}) == ""
+
+
+def test_not_best_runs_are_counted_not_listed():
+    """An lr/batch grid leaves most runs out on purpose: one summary line names a few, the runs that
+    went wrong keep their rows."""
+    from isoflop.report_html import NOT_BEST_SHOWN, _exclusions_section
+
+    lost = [{"run_id": f"nb{i:03d}", "budget": 1e18, "reason": f"not_best: lr {i} lost to lr 0.5"} for i in range(280)]
+    j = {"budgets": [{"budget": 1e18, "flags": [], "used": True}],
+         "excluded": [*lost[:100], {"run_id": "dead", "budget": 1e18, "reason": "diverged at step 7"}, *lost[100:]]}
+    text = html.unescape(_exclusions_section(j))
+    page = Page()
+    page.feed(_exclusions_section(j))
+    assert "280 run(s) are <code>not_best</code>" in text and f"and {280 - NOT_BEST_SHOWN} more" in text
+    assert "nb000 (lr 0 lost to lr 0.5)" in text and f"nb{NOT_BEST_SHOWN:03d}" not in text
+    # one table row, the diverged run's, labelled with its place in fit --json's excluded
+    assert text.count("<tr data-run=") == 1 and ("excluded.100.budget", "1e+18", "1e+18") in page.numbers
+    assert "1 other run(s) left out of the fit" in text
+
+
+def test_hparams_cells_are_tabled():
+    """The per-cell optima and flags `fit` prints, each number labelled with its fit --json path."""
+    from isoflop.report_html import _hparams_section
+
+    cells = [{"budget": 1e18, "params": 2e7, "runs": 5, "lr_opt": 3e-3, "lr_flags": [], "batch_opt": None,
+              "batch_flags": None},
+             {"budget": 1e19, "params": 6e7, "runs": 5, "lr_opt": None, "lr_flags": ["at_high_edge"],
+              "batch_opt": None, "batch_flags": None}]
+    j = {"hparams": {"cells": cells, "laws": {}, "law_reasons": {"lr": "one usable cell"}, "sigma": 0.01,
+                     "sigma_source": "seeds", "bootstrap": 200}}
+    page = Page()
+    page.feed(_hparams_section(j))
+    text = html.unescape(_hparams_section(j))
+    assert ("hparams.cells.0.lr_opt", "0.003", "0.003") in page.numbers
+    assert ("hparams.cells.1.params", "60000000.0", "6e+07") in page.numbers
+    assert "lr cells left out: 1 at_high_edge" in text and "B* (tokens)" not in text   # no batch grid, no column
+    assert ("hparams.sigma", "0.01", "0.01") in page.numbers
