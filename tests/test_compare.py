@@ -219,3 +219,67 @@ def test_cli_bad_input_is_one_line(tmp_path):
         p = isoflop("compare", *args, "--bootstrap", "20", cwd=tmp_path, check=False)
         assert p.returncode == 2, (args, p.stderr)
         assert expect in p.stderr and len(p.stderr.strip().splitlines()) == 1, (args, p.stderr)
+
+
+def test_two_crossings_each_get_their_own_interval():
+    """Hoffmann's and Epoch's laws cross twice (near 1.6e17 and 8.7e21): each crossing is reported with
+    the interval of the resamples that found it, not one interval spanning both."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from isoflop.fit.compare_render import render_comparison
+
+    grid = np.logspace(15, 24, 2000)
+    gap = np.array([float(LAWS[1].loss_opt(c) - LAWS[0].loss_opt(c)) for c in grid])
+    truth = grid[:-1][np.sign(gap[:-1]) != np.sign(gap[1:])]
+    assert len(truth) == 2
+    rng = np.random.default_rng(0)
+    a = draw_sweep(LAWS[0], rng, budgets=np.logspace(18, 22, 5), noise=0.005)
+    b = draw_sweep(LAWS[1], rng, budgets=np.logspace(18, 21, 4), noise=0.005)
+    cmp = compare_sweeps([("a", a), ("b", b)], bootstrap=200, seed=0)
+    pair = cmp.pairs[0]
+    low, high = pair.crossovers
+    assert low.ci[0] < truth[0] < low.ci[1] and high.ci[0] < truth[1] < high.ci[1]
+    assert low.ci[1] < high.ci[0]     # neither interval reaches into the other crossing
+    assert low.crossing > 0.9 and high.crossing > 0.5
+    # `crossover` (kept for --json readers): the crossing nearest the middle of the shared budgets
+    assert pair.crossover == low
+    j = cmp.to_json()["pairs"][0]
+    assert j["crossover"]["budget"] == low.budget and [c["budget"] for c in j["crossovers"]] == [low.budget, high.budget]
+    out = StringIO()
+    render_comparison(cmp, Console(file=out, width=200))
+    assert "cross 2 times" in out.getvalue() and out.getvalue().count("of resamples cross here") == 2
+
+
+def test_every_budget_is_shared_or_listed_alone():
+    """A budget within ±10% of two of the other's has one partner; the other is listed without one."""
+    from isoflop.fit.compare import _match
+
+    assert _match([1e18, 1e21], [1e18, 1e21, 1.05e21]) == ([1e18, 1e21], [], [1.05e21])
+    assert _match([1e21, 1.05e21], [1.04e21]) == ([1.05e21], [1e21], [])
+    rng = np.random.default_rng(4)
+    a = draw_sweep(LAWS[0], rng, budgets=np.logspace(18, 21, 4), noise=0.003)
+    c = draw_sweep(LAWS[0], rng, budgets=np.array([1e18, 1e19, 1e20, 1e21, 1.05e21]), noise=0.003)
+    pair = compare_sweeps([("a", a), ("c", c)], bootstrap=100).pairs[0]
+    assert pair.shared_budgets == pytest.approx((1e18, 1e19, 1e20, 1e21)) and pair.other_only == pytest.approx((1.05e21,))
+    assert "1 of c's budgets have no partner" in pair.verdict
+    # where no budget tells them apart, the verdict says so once, then the multiplier at the top budget
+    from isoflop.fit.compare import MultiplierPoint, _verdict
+
+    pts = [MultiplierPoint(c, 1.0, (0.9, 1.1), "shared") for c in (1e18, 1e19)]
+    v = _verdict("a", "c", pts, True, [1e18, 1e19], [], [])
+    assert v.count("cannot tell") == 1 and v.endswith("; at 1e+19 the multiplier is 1 (0.9–1.1)."), v
+
+
+def test_plot_legend_shows_the_tables_exponent(tmp_path):
+    from isoflop.fit.compare_plots import save_compare_plot
+
+    rng = np.random.default_rng(2)
+    a, b = draw_sweep(LAWS[0], rng, noise=0.01), draw_sweep(scaled(LAWS[0], 2.0), rng, noise=0.01)
+    cmp = compare_sweeps([("a", a), ("b", b)], bootstrap=100)
+    svg = save_compare_plot(cmp, tmp_path / "c.svg").read_text()   # matplotlib keeps each text as a comment
+    for name, rep in zip(cmp.names, cmp.reports):
+        med, fit = rep.frontier.params.exponent_median, rep.frontier.params.exponent
+        assert f"{med:.3f}" != f"{fit:.3f}"      # the case where the two differ as printed
+        assert f"{name}: a = {med:.3f}" in svg

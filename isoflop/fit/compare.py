@@ -25,13 +25,18 @@ of its interval, `None` in JSON).
 
 Crossover: where the two L_opt laws cross, i.e. the multiplier crosses 1,
 searched from 1000× below the lowest to 1000× above the highest budget the
-two share (the laws are not evidence farther out); the crossing nearest the
-middle of the shared range. A resample whose laws do not cross there counts
-as crossing beyond the end where the laws are closer, so an interval end
-there reads "beyond the searched range" (None).
+two share (the laws are not evidence farther out). Two laws E + k·C^−γ can
+cross twice; each crossing of the fitted laws gets its own interval, taken
+over the resamples that cross in its part of the range (up to halfway to the
+neighbouring fitted crossing), so an interval never mixes resamples that found
+different crossings. `crossover` is the one nearest the middle of the shared
+range, `crossovers` all of them. With a single fitted crossing, a resample
+whose laws do not cross counts as crossing beyond the end where the laws are
+closer, so an interval end there reads "beyond the searched range" (None).
 
-Budgets are matched within ±10% (`MATCH`); the multiplier is reported only
-at budgets both sweeps have, plus each requested prediction.
+Budgets are matched one to one within ±10% (`MATCH`), nearest first; the
+multiplier is reported only at budgets both sweeps have, plus each requested
+prediction. A budget left without a partner is listed as such.
 """
 from __future__ import annotations
 
@@ -69,7 +74,7 @@ class MultiplierPoint:
 class Crossover:
     budget: float
     ci: tuple[float | None, float | None] | None    # None end: beyond the searched range
-    crossing: float | None           # fraction of resamples whose laws cross in the searched range
+    crossing: float | None           # fraction of resamples whose laws cross here (in the searched range)
 
 
 @dataclass(frozen=True)
@@ -78,12 +83,13 @@ class PairComparison:
     other: str
     exponent_diff: dict[str, Estimate]           # params/tokens/loss: other − reference
     multiplier: tuple[MultiplierPoint, ...]
-    crossover: Crossover | None
+    crossover: Crossover | None                  # the crossing nearest the middle of the shared budgets
     verdict: str
     shared_budgets: tuple[float, ...]
     reference_only: tuple[float, ...]
     other_only: tuple[float, ...]
     laws: tuple[str, str]                        # which L_opt law each side used
+    crossovers: tuple[Crossover, ...] = ()       # every crossing of the fitted laws, by C
 
 
 @dataclass(frozen=True, eq=False)
@@ -181,33 +187,74 @@ def _exp_ci(ci: tuple[float, float] | None) -> tuple[float | None, float | None]
 
 
 # ---------------------------------------------------------------------------- crossover
-def _crossings(diff: np.ndarray, grid: np.ndarray, centre: float) -> np.ndarray:
-    """Per row of diff (R, G) over ln C grid: the zero nearest `centre` (linear between grid points);
-    a row without one: +inf if |diff| is smaller at the upper end (it would cross beyond it), else −inf."""
-    r = diff.shape[0]
+def _zeros(diff: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(x, change) of diff (R, G) over the ln C grid: change[r, j] where the sign flips between grid
+    points j and j+1, x its zero there (linear between the points)."""
     s = np.sign(diff)
     # strict sign changes only: laws that coincide (identical sweeps) do not cross
     change = s[:, :-1] * s[:, 1:] < 0
     a, b = diff[:, :-1], diff[:, 1:]
     with np.errstate(divide="ignore", invalid="ignore"):
         t = np.where(a == b, 0.0, a / (a - b))
-    x = grid[None, :-1] + np.clip(t, 0, 1) * (grid[1] - grid[0])
-    dist = np.where(change, np.abs(x - centre), np.inf)
+    return grid[None, :-1] + np.clip(t, 0, 1) * (grid[1] - grid[0]), change
+
+
+def _crossings(diff: np.ndarray, grid: np.ndarray, centre: float, lo: float = -np.inf, hi: float = np.inf,
+               beyond: bool = True) -> np.ndarray:
+    """Per row of diff (R, G) over ln C grid: the zero in [lo, hi) nearest `centre`. A row without
+    one: with beyond, +inf if |diff| is smaller at the upper end (it would cross beyond it), else −inf;
+    without, NaN."""
+    x, change = _zeros(diff, grid)
+    dist = np.where(change & (x >= lo) & (x < hi), np.abs(x - centre), np.inf)
     j = np.argmin(dist, axis=1)
-    rows = np.arange(r)
+    rows = np.arange(diff.shape[0])
     has = np.isfinite(dist[rows, j])
-    beyond = np.where(np.abs(diff[:, -1]) < np.abs(diff[:, 0]), np.inf, -np.inf)
-    out = np.where(has, x[rows, j], beyond)
+    none = np.where(np.abs(diff[:, -1]) < np.abs(diff[:, 0]), np.inf, -np.inf) if beyond else np.nan
+    out = np.where(has, x[rows, j], none)
     return np.where(np.isfinite(diff).all(axis=1), out, np.nan)
+
+
+def _crossovers(diff_fit: np.ndarray, diff_r: np.ndarray | None, valid: np.ndarray | None,
+                grid: np.ndarray) -> list[Crossover]:
+    """Every crossing of the fitted laws (diff_fit: (1, G)), each with the interval of the resamples
+    (diff_r: (R, G), rows valid) that cross in its own part of the range: from halfway to the fitted
+    crossing below to halfway to the one above. One crossing: its part is the whole range and a
+    resample that does not cross counts as beyond an end (see `_crossings`)."""
+    x, change = _zeros(diff_fit, grid)
+    xs = sorted(float(v) for v in x[0][change[0]])
+    edges = [-np.inf, *((a + b) / 2 for a, b in zip(xs, xs[1:])), np.inf]
+    out = []
+    for i, xi in enumerate(xs):
+        ci = frac = None
+        if diff_r is not None and valid is not None:
+            single = len(xs) == 1
+            cs = np.where(valid, _crossings(diff_r, grid, xi, edges[i], edges[i + 1], beyond=single), np.nan)
+            if single:
+                ci = _exp_ci(_percentiles(cs, ~np.isnan(cs)))
+                ok = ~np.isnan(cs)
+                frac = float(np.isfinite(cs[ok]).mean()) if ok.any() else None
+            else:   # only the resamples that found this crossing: no interval when too few did
+                ci = _exp_ci(_percentiles(cs, valid))
+                frac = float(np.isfinite(cs[valid]).mean()) if valid.any() else None
+        out.append(Crossover(budget=math.exp(xi), ci=ci, crossing=frac))
+    return out
 
 
 # ---------------------------------------------------------------------------- pairs
 def _match(a: Sequence[float], b: Sequence[float]) -> tuple[list[float], list[float], list[float]]:
-    """(shared (a's values), a only, b only) within ±10%."""
+    """(shared (a's values), a only, b only): budgets paired one to one within ±10%, the closest pairs
+    first, so a budget near two of the other's has one partner and the other one is listed alone."""
     la, lb = np.log(np.asarray(a, float)), np.log(np.asarray(b, float))
-    shared = [c for c, x in zip(a, la) if lb.size and np.min(np.abs(lb - x)) <= MATCH]
-    a_only = [c for c in a if c not in shared]
-    b_only = [c for c, x in zip(b, lb) if not la.size or np.min(np.abs(la - x)) > MATCH]
+    close = sorted((abs(x - y), i, j) for i, x in enumerate(la) for j, y in enumerate(lb) if abs(x - y) <= MATCH)
+    pa: set[int] = set()
+    pb: set[int] = set()
+    for _, i, j in close:
+        if i not in pa and j not in pb:
+            pa.add(i)
+            pb.add(j)
+    shared = [c for i, c in enumerate(a) if i in pa]
+    a_only = [c for i, c in enumerate(a) if i not in pa]
+    b_only = [c for j, c in enumerate(b) if j not in pb]
     return shared, a_only, b_only
 
 
@@ -253,7 +300,10 @@ def _verdict(ref: str, oth: str, points: Sequence[MultiplierPoint], has_ci: bool
                  f"at {sides.count('tie')} of the {len(sides)} budgets both ran {span}")
     lo, hi = head.ci if head.ci is not None else (None, None)
     where = "predicted at" if head.kind == "predict" else "at"
-    if _side(head.ci) == "tie":
+    if _side(head.ci) == "tie" and head.kind == "shared":
+        # the first clause already said the data cannot tell them apart there
+        second = f"at {_fmt(head.budget)} the multiplier is {_fmt(head.value)} ({_fmt(lo)}–{_fmt(hi)})"
+    elif _side(head.ci) == "tie":
         second = (f"the data cannot tell them apart {where} {_fmt(head.budget)} "
                   f"(multiplier {_fmt(head.value)}, {_fmt(lo)}–{_fmt(hi)})")
     else:
@@ -297,7 +347,7 @@ def _pair(ref_name: str, oth_name: str, ref: FitReport, oth: FitReport, predict:
     curve_fit = np.exp(_log_multiplier(fit_a, fit_b, plot_grid))
     curve_lo = curve_hi = np.full(plot_grid.shape, np.nan)
     cis: list = [None] * len(cs)
-    cross_samples = None
+    diff_r = v = None
     if has_ci and la.rE is not None and lb.rE is not None:
         col = lambda a: np.asarray(a, float)[:, None]  # noqa: E731
         ra = (col(la.rE), col(la.rk), col(la.rgamma), la.c0)
@@ -310,25 +360,19 @@ def _pair(ref_name: str, oth_name: str, ref: FitReport, oth: FitReport, predict:
             curve_lo, curve_hi = np.exp(np.nanpercentile(np.where(np.isnan(pd), np.nan, np.clip(pd, -700, 700)),
                                                          LEVELS, axis=0))
         diff_r = _loss(*rb, grid[None, :]) - _loss(*ra, grid[None, :])
-        cross_samples = np.where(v, _crossings(diff_r, grid, 0.5 * (lo_s + hi_s)), np.nan)
     mult = tuple(MultiplierPoint(budget=c, value=float(math.exp(p)) if p < 700 else math.inf, ci=ci, kind=k)
                  for c, p, ci, k in zip(cs, point, cis, kinds))
 
     diff_fit = _loss(*fit_b, grid[None, :]) - _loss(*fit_a, grid[None, :])
-    x = float(_crossings(diff_fit, grid, 0.5 * (lo_s + hi_s))[0])
-    crossover = None
-    if math.isfinite(x):
-        ci = frac = None
-        if cross_samples is not None:
-            ci = _exp_ci(_percentiles(cross_samples, np.isfinite(cross_samples) | np.isinf(cross_samples)))
-            ok = ~np.isnan(cross_samples)
-            frac = float(np.isfinite(cross_samples[ok]).mean()) if ok.any() else None
-        crossover = Crossover(budget=math.exp(x), ci=ci, crossing=frac)
+    crossovers = _crossovers(diff_fit, diff_r, v, grid)
+    middle = 0.5 * (lo_s + hi_s)
+    crossover = min(crossovers, key=lambda c: abs(math.log(c.budget) - middle)) if crossovers else None
 
     verdict = _verdict(ref_name, oth_name, mult, has_ci, sorted(shared), ref_only, oth_only)
     pair = PairComparison(reference=ref_name, other=oth_name, exponent_diff=diffs, multiplier=mult,
                           crossover=crossover, verdict=verdict, shared_budgets=tuple(sorted(shared)),
-                          reference_only=tuple(ref_only), other_only=tuple(oth_only), laws=(la.model, lb.model))
+                          reference_only=tuple(ref_only), other_only=tuple(oth_only), laws=(la.model, lb.model),
+                          crossovers=tuple(crossovers))
     return pair, (np.exp(plot_grid), curve_fit, np.asarray(curve_lo), np.asarray(curve_hi))
 
 
@@ -376,10 +420,14 @@ def _pair_json(p: PairComparison) -> dict[str, Any]:
         "exponent_diff": {k: {"value": e.value, "ci": e.ci} for k, e in p.exponent_diff.items()},
         "compute_multiplier": [{"budget": m.budget, "value": m.value, "ci": m.ci, "kind": m.kind}
                                for m in p.multiplier],
-        "crossover": None if p.crossover is None else {"budget": p.crossover.budget, "ci": p.crossover.ci,
-                                                       "crossing": p.crossover.crossing},
+        "crossover": None if p.crossover is None else _crossover_json(p.crossover),
+        "crossovers": [_crossover_json(c) for c in p.crossovers],
         "verdict": p.verdict,
         "budgets": {"shared": list(p.shared_budgets), "reference_only": list(p.reference_only),
                     "other_only": list(p.other_only)},
         "loss_laws": {"reference": p.laws[0], "other": p.laws[1]},
     }
+
+
+def _crossover_json(c: Crossover) -> dict[str, Any]:
+    return {"budget": c.budget, "ci": c.ci, "crossing": c.crossing}

@@ -44,7 +44,9 @@ def save_compare_plot(cmp: Comparison, path: str | Path) -> Path:
         used = [f for f, u in zip(rep.budgets, rep.used) if u]
         for ax, key in ((axes[1], "n_opt"), (axes[2], "loss_opt")):
             ax.scatter([f.budget for f in used], [getattr(f, key) for f in used], color=colour, s=14)
-        axes[1].plot(grid, fr.params(grid), color=colour, label=f"{name}: a = {fr.params.exponent:.3f}")
+        # the exponent the compare table prints: the bootstrap median where there is one
+        a_est = fr.params.exponent if fr.params.exponent_median is None else fr.params.exponent_median
+        axes[1].plot(grid, fr.params(grid), color=colour, label=f"{name}: a = {a_est:.3f}")
         law = fr.loss_law
         axes[2].plot(grid, law(grid) if law is not None else fr.loss(grid), color=colour, label=name)
         if s is not None and s.ok.any():

@@ -52,9 +52,17 @@ def render_comparison(cmp: Comparison, console: Any) -> None:
         c = p.crossover
         if c is None:
             console.print("crossover: the fitted L_opt laws do not cross within 1000× of the shared budgets")
-        else:
+        elif len(p.crossovers) <= 1:
             frac = "" if c.crossing is None else f"; {c.crossing:.0%} of resamples cross in the searched range"
             console.print(f"crossover: C = {_g(c.budget)} ({_ci(c.ci)}; '…'/'∞': beyond the searched range{frac})")
+        else:
+            # each crossing's interval is over the resamples that cross near it, never a span of both
+            console.print(f"crossovers: the fitted L_opt laws cross {len(p.crossovers)} times within 1000× of the "
+                          "shared budgets, each with the 5–95% of the resamples that cross there:")
+            for x in p.crossovers:
+                frac = "" if x.crossing is None else f"; {x.crossing:.0%} of resamples cross here"
+                ci = "too few resamples cross here for an interval" if x.ci is None else _ci(x.ci)
+                console.print(f"  C = {_g(x.budget)} ({ci}{frac})")
         if p.reference_only or p.other_only:
             console.print(f"[yellow]budgets without a partner[/]: {p.reference} "
                           f"{', '.join(_g(b) for b in p.reference_only) or '—'}; {p.other} "
