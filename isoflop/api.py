@@ -118,6 +118,9 @@ class FitResult:
         each came from, why L_opt is flagged (if it is), the suggested shape (from the spec).
     excluded: one row per run left out of the fit (run_id, budget, reason).
     json: `FitReport.to_json()` plus the suggested shapes, which is what `isoflop fit --json` prints.
+    hparams_laws, hparams_cells: the lr/batch grid's fitted η*/B* laws and per-cell optima (properties;
+        empty frames for a sweep without a grid).
+    spec: the stored spec (None for a CSV): where `predict` takes its suggested shapes from.
     """
 
     report: "FitReport"
@@ -126,15 +129,67 @@ class FitResult:
     predictions: "pd.DataFrame"
     excluded: "pd.DataFrame"
     json: dict[str, Any]
+    spec: Any = None
 
     def predict(self, budgets: Sequence[float]) -> "pd.DataFrame":
-        """The frontier at new budgets, as `predictions` (no suggested shapes).
+        """The frontier at new budgets, as `predictions`, with the suggested shape where the spec
+        gives one (as `fit_result(predict=...)`).
 
-        >>> fit.predict([1e21, 1e22])[["budget", "n_opt_estimate", "n_opt_lo", "n_opt_hi"]]
+        >>> fit.predict([1e21, 1e22])[["budget", "n_opt_estimate", "n_opt_lo", "n_opt_hi", "shape_d_model"]]
         """
         from .fit.report import _pred_json
 
-        return _predictions_frame([_pred_json(p) for p in self.report.predict([float(c) for c in budgets])])
+        preds = self.report.predict([float(c) for c in budgets])
+        shapes = _shapes(self.spec, preds)
+        return _predictions_frame([{**_pred_json(p), **({"shape": shapes[p.budget]} if p.budget in shapes else {})}
+                                   for p in preds])
+
+    @property
+    def hparams_laws(self) -> "pd.DataFrame":
+        """One row per fitted law (index `law`: lr, lr_n = η* of C and of N; batch, batch_n = B*):
+        `of` (C or N), exponent and coefficient of k·X^exponent with `_lo`/`_hi` 5–95% bounds, the
+        cells it was fitted on. `fit --json`'s `hparams.laws`.
+
+        >>> fit.hparams_laws.loc["lr", ["exponent", "exponent_lo", "exponent_hi"]]
+        """
+        rows = []
+        for key, law in ((self.json.get("hparams") or {}).get("laws") or {}).items():
+            row = {"law": key, **{k: v for k, v in law.items() if k != "excluded"}}
+            _split(row, "exponent_ci")
+            _split(row, "coefficient_ci")
+            rows.append(row)
+        df = _pd().DataFrame(rows)
+        return df.set_index("law") if len(df) else df
+
+    @property
+    def hparams_cells(self) -> "pd.DataFrame":
+        """One row per (budget, size) cell of the lr/batch grid: budget, params, runs, the optimum
+        per axis (`lr_opt`, `batch_opt`), why a cell is left out of the laws (`lr_flags`,
+        `batch_flags`, ";"-joined; None where the sweep has no such axis) and the grid's values.
+        `fit --json`'s `hparams.cells`."""
+        rows = []
+        for c in (self.json.get("hparams") or {}).get("cells") or []:
+            c = dict(c)
+            for k in ("lr_flags", "batch_flags"):
+                c[k] = None if c[k] is None else ";".join(c[k])
+            rows.append(c)
+        return _pd().DataFrame(rows)
+
+
+def _shapes(spec: Any, preds: Sequence[Any]) -> dict[float, dict[str, Any]]:
+    """Predicted budget -> the shape the spec's grid would give its N_opt (none without a spec, or
+    where the spec cannot make that size)."""
+    if spec is None:
+        return {}
+    from .plan.grid import shape_for_params
+
+    shapes = {}
+    for p in preds:
+        try:
+            shapes[p.budget] = shape_for_params(spec, p.n_opt_estimate)
+        except ValueError:
+            pass
+    return shapes
 
 
 def _split(row: dict[str, Any], key: str) -> None:
@@ -276,15 +331,7 @@ def fit_report(sweep: Optional[str] = None, *, csv: Optional[str | Path] = None,
         simulated = csv_simulated(csv)   # an export of a simulated sweep keeps its label
     else:
         simulated = spec.trainer.template == "simulate"
-    shapes: dict[float, dict[str, Any]] = {}
-    if spec is not None:
-        from .plan.grid import shape_for_params
-
-        for p in report.predictions:
-            try:
-                shapes[p.budget] = shape_for_params(spec, p.n_opt_estimate)
-            except ValueError:
-                pass
+    shapes = _shapes(spec, report.predictions)
     out = report.to_json()
     out["simulated"] = simulated
     for pj in out.get("predictions") or []:
@@ -314,4 +361,5 @@ def fit_result(sweep: Optional[str] = None, *, csv: Optional[str | Path] = None,
     out = res.json
     return FitResult(report=res.report, optima=_optima_frame(out["budgets"]), frontier=_frontier_frame(out["frontier"]),
                      predictions=_predictions_frame(out["predictions"]),
-                     excluded=pd.DataFrame(out["excluded"], columns=["run_id", "budget", "reason"]), json=out)
+                     excluded=pd.DataFrame(out["excluded"], columns=["run_id", "budget", "reason"]), json=out,
+                     spec=res.spec)

@@ -87,6 +87,28 @@ def test_fit_frames_equal_fit_json(store):
     # predict() at new budgets: the report's own predictions at the same budget
     again = fit.predict([1e21])
     assert again.loc[0, "n_opt_estimate"] == fit.predictions.loc[0, "n_opt_estimate"]
+    # ... with the same suggested shape, from the stored spec
+    assert again.loc[0, "shape_d_model"] == fit.predictions.loc[0, "shape_d_model"] == cli["predictions"][0]["shape"]["d_model"]
+    # the lr grid's cells, as fit --json's hparams.cells
+    cells = fit.hparams_cells
+    assert len(cells) == len(cli["hparams"]["cells"]) == 28
+    for (_, c), j in zip(cells.iterrows(), cli["hparams"]["cells"]):
+        assert (c.budget, c.params, c.runs, c.lr_flags) == (j["budget"], j["params"], j["runs"], ";".join(j["lr_flags"]))
+        assert same(c.lr_opt, j["lr_opt"]) and c.batch_flags is None
+    assert fit.hparams_laws.empty and not cli["hparams"]["laws"]   # a 2-value grid gives no law
+
+
+def test_hparams_laws_frame():
+    law = {"of": "C", "exponent": -0.14, "exponent_ci": [-0.2, -0.1], "coefficient": 0.43, "coefficient_ci": None,
+           "cells": 9, "excluded": [{"budget": 1e18, "params": 1e7, "reason": "at_low_edge"}]}
+    fit = isoflop.FitResult(report=None, optima=None, frontier=None, predictions=None, excluded=None,
+                            json={"hparams": {"laws": {"lr": law, "lr_n": {**law, "of": "N"}}, "cells": []}})
+    laws = fit.hparams_laws
+    assert list(laws.index) == ["lr", "lr_n"] and list(laws.of) == ["C", "N"]
+    assert (laws.loc["lr", "exponent"], laws.loc["lr", "exponent_lo"], laws.loc["lr", "exponent_hi"]) == (-0.14, -0.2, -0.1)
+    assert laws.loc["lr", "coefficient_lo"] is None and laws.loc["lr", "cells"] == 9
+    empty = isoflop.FitResult(report=None, optima=None, frontier=None, predictions=None, excluded=None, json={})
+    assert empty.hparams_laws.empty and empty.hparams_cells.empty
 
 
 def test_sweeps_and_curves(store):
