@@ -416,7 +416,7 @@ def profiles(as_json: bool = typer.Option(False, "--json", help="one JSON object
     found = list_profiles()
     if as_json:
         for p in found:
-            print(json.dumps({"error": str(p)} if isinstance(p, ProfileError) else
+            print(json.dumps({"name": getattr(p, "profile_name", None), "error": str(p)} if isinstance(p, ProfileError) else
                              {**p.model_dump(mode="json"), "path": p.path}))
         return
     t = Table(show_edge=False)
@@ -424,7 +424,7 @@ def profiles(as_json: bool = typer.Option(False, "--json", help="one JSON object
         t.add_column(c)
     for p in found:
         if isinstance(p, ProfileError):
-            t.add_row("[red]invalid[/]", "", "", "", "", "", str(p))
+            t.add_row(f"{getattr(p, 'profile_name', '?')} [red](invalid)[/]", "", "", "", "", "", str(p))
             continue
         t.add_row(p.name, p.executor, p.partition or "-", str(p.gpus_per_run), str(p.gpus_per_node or "-"),
                   _fmt_s(p.max_time_minutes * 60) if p.executor == "slurm" else "-", str(p.path))

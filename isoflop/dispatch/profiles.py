@@ -196,5 +196,6 @@ def list_profiles() -> list[Profile | ProfileError]:
             try:
                 out.append(parse_profile(load_data(p, ProfileError, "profile"), name=p.stem, path=p.resolve()))
             except ProfileError as e:
+                e.profile_name = p.stem   # `isoflop profiles` names a broken profile by its file
                 out.append(e)
     return out
