@@ -896,6 +896,13 @@ def compare(
 
     cmp = compare_sweeps(inputs, window=k, minimizer=minimizer, keep_flagged=keep_flagged, bootstrap=bootstrap,
                          seed=seed, predict=sorted(predict))
+    from .export import csv_simulated
+    from .records import sweep_simulated
+
+    # drawn losses stay labelled: a stored simulate sweep, or a CSV export whose every row says so
+    simulated = [n for a, (n, _) in zip(sweeps, inputs)
+                 if (csv_simulated(a) if Path(a).suffix.lower() == ".csv" or Path(a).is_file()
+                     else sweep_simulated(_engine(write=False), a))]
     written = None
     if plot is not None:
         from .fit.compare_plots import save_compare_plot
@@ -903,12 +910,16 @@ def compare(
         written = save_compare_plot(cmp, plot)
     if as_json:
         out = cmp.to_json()
+        out["simulated"] = simulated
         if written is not None:
             out["plot"] = str(written)
         print(json.dumps(out))
         return
     from .fit.compare_render import render_comparison
 
+    if simulated:
+        console.print(f"[bold magenta]SIMULATED[/] {', '.join(simulated)}: losses drawn from a stated law, "
+                      "nothing was trained")
     render_comparison(cmp, console)
     if written is not None:
         console.print(f"wrote {written}")

@@ -283,3 +283,23 @@ def test_plot_legend_shows_the_tables_exponent(tmp_path):
         med, fit = rep.frontier.params.exponent_median, rep.frontier.params.exponent
         assert f"{med:.3f}" != f"{fit:.3f}"      # the case where the two differ as printed
         assert f"{name}: a = {med:.3f}" in svg
+
+
+def test_simulated_inputs_stay_labelled(tmp_path, monkeypatch):
+    """A CSV export of a simulated sweep (every row `simulated` true) is named as simulated, in JSON and text."""
+    from typer.testing import CliRunner
+
+    from isoflop.cli import app
+
+    rng = np.random.default_rng(6)
+    for name, sim in (("drawn", "True"), ("real", "False")):
+        t = draw_sweep(LAWS[0], rng, noise=0.005)
+        with open(tmp_path / f"{name}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["budget", "params", "tokens", "loss", "simulated"])
+            w.writerows((*row, sim) for row in zip(t.budget, t.params, t.tokens, t.loss))
+    monkeypatch.chdir(tmp_path)
+    args = ["compare", "drawn.csv", "real.csv", "--bootstrap", "0"]
+    out = json.loads(CliRunner().invoke(app, [*args, "--json"]).stdout)
+    assert out["simulated"] == ["drawn"]
+    assert "SIMULATED drawn: losses drawn" in CliRunner().invoke(app, args, env={"COLUMNS": "200"}).stdout
