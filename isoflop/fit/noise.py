@@ -30,10 +30,13 @@
   for a low run, > `END_BEND` = 6 at an end). Real profiles have kinks:
   on Porian et al.'s 15 configurations the largest low miss beyond 5
   standard errors is 1.8 bends, the largest end miss 4.4 bends; a
-  synthetic run 0.05 (10σ) below a minimum misses by 2.1–3.7 bends and is
-  found in 9 of the tester's 15 sweeps (the other 6: σ inflated by the
-  outlier itself puts it under 5 standard errors); a run 0.3 high at the
-  largest size misses by ≥ 9.9 bends and is found in 14 of 14.
+  synthetic run 0.05 (10σ) below a minimum misses by 1.3–3.9 bends. Each
+  size is judged by a σ estimated without it (`leave_out_sigmas`): judged by
+  the pooled σ, which its own residual and its neighbours' inflated by up to
+  1.7×, such a run went unnamed in 6 of 15 sweeps; now every miss is a dip
+  under 2 bends (at the minimum 12 of 15 named, next to it 9 of 15, on 7
+  sizes over 8× in N). A run 0.3 high at the largest size misses by ≥ 9.9
+  bends and is found in 14 of 14.
   Outliers are named (run ids) and left out of every fit.
 """
 from __future__ import annotations

@@ -229,7 +229,8 @@ def _predictions(frontier: Frontier | None, samples: FrontierSamples | None,
     run of N_opt gets are not C/(6·N_opt)). L_opt, in order of preference:
     the parametric fit L(N, D) when there is one and it agrees with the
     per-budget minima (`ParametricCheck`), with an interval from its
-    linearised sampling distribution (`parametric.lse_draws`); else the loss
+    linearised sampling distribution (`parametric.lse_draws`), centred on its
+    L_opt (`parametric.loss_opt_interval`); else the loss
     law with an irreducible term E + k·C^−γ (≥ 3 budgets); else the pure
     power law. `loss_opt_model` names the one used; the others are reported
     beside it. Intervals are 5–95% percentiles over the seed-noise bootstrap
