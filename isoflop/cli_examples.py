@@ -14,7 +14,7 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
     ],
     "plan": [
         ("isoflop plan sweep.yaml --dry-run", "the runs per budget (N, D, steps, lr, FLOPs); nothing stored"),
-        ("isoflop plan sweep.yaml", "store the sweep and write each run's folder"),
+        ("isoflop plan sweep.yaml", "store the sweep and its runs (their folders appear at submit)"),
         ("isoflop plan sweep.yaml --show-command 3f2a", "the exact command line of run 3f2a…"),
     ],
     "spec": [
