@@ -252,3 +252,24 @@ def test_from_sweep_mistakes_read_as_from_sweep_mistakes(tmp_path):
     assert p.returncode == 2 and "'tune'" in p.stderr and "--workdir" in p.stderr
     assert "run `isoflop plan SPEC` first" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
     assert list((tmp_path / "empty").iterdir()) == []
+
+
+def test_hparams_figure_has_a_row_per_axis(tmp_path):
+    """Both grids: the figure draws B*(C) under η*(C) (F15), with the budgets in a legend."""
+    import matplotlib.image as mpimg
+
+    from isoflop.fit.hparams_render import save_hparams_plot
+
+    rows = []
+    for c in (1e17, 1e18, 1e19):
+        for n in 0.1 * c ** 0.5 * np.array([0.5, 1.0, 2.0]):
+            for lm in MULTS:
+                for bm in (0.25, 0.5, 1.0, 2.0, 4.0):
+                    eta, b = 0.4 * c ** -0.1 * lm * 1.2, 0.3 * c ** 0.33 * bm * 0.8
+                    rows.append((c, n, 3.0 + 0.04 * math.log(eta / (0.4 * c ** -0.1)) ** 2
+                                 + 0.02 * math.log(b / (0.3 * c ** 0.33)) ** 2, eta, b))
+    c, n, y, lr, b = np.array(rows).T
+    both = save_hparams_plot(fit_hparams(c, n, y, lr, b, bootstrap=0), tmp_path / "both.png")
+    one = save_hparams_plot(fit_hparams(c, n, y, lr, None, bootstrap=0), tmp_path / "one.png")
+    h_both, h_one = mpimg.imread(both).shape[0], mpimg.imread(one).shape[0]
+    assert h_both == 2 * h_one

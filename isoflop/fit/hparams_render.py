@@ -53,52 +53,72 @@ def render_hparams(h: HparamsReport, console: Any) -> None:
         console.print(ct)
 
 
+def _sparse_minor_labels(axis: Any) -> None:
+    """Minor tick labels on a log axis only at 2× and 5× (every one, 3×10^-4 4×10^-4 …, ran into each
+    other), and none where the axis spans a decade or more (its major labels suffice)."""
+    from matplotlib.ticker import LogLocator, NullFormatter
+
+    lo, hi = sorted(axis.get_view_interval())
+    if lo > 0 and hi / lo >= 10:
+        axis.set_minor_formatter(NullFormatter())
+    else:
+        axis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
+
+
 def save_hparams_plot(h: HparamsReport, path: str | Path) -> Path:
-    """X-hparams.png: loss against η per cell (left), η* against C with the law and its band (right)."""
+    """X-hparams.png: per axis the sweep has (η, B), one row: loss against the value per cell (left),
+    the optimum against C with the law and its band (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.lines import Line2D
 
     p = Path(path)
     out = p.with_name(f"{p.stem}-hparams{p.suffix}")
-    kind = "lr" if any(c.lr is not None for c in h.cells) else "batch"
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    kinds = [k for k in ("lr", "batch") if any(getattr(c, k) is not None for c in h.cells)] or ["lr"]
+    fig, axes = plt.subplots(len(kinds), 2, figsize=(11, 4.5 * len(kinds)), squeeze=False)
     budgets = sorted({c.budget for c in h.cells})
     cmap = plt.get_cmap("viridis")
-    for c in h.cells:
-        a = getattr(c, kind)
-        if a is None:
+
+    def colour(b: float):
+        return cmap(budgets.index(b) / max(1, len(budgets) - 1))
+
+    for (ax1, ax2), kind in zip(axes, kinds):
+        for c in h.cells:
+            a = getattr(c, kind)
+            if a is None:
+                continue
+            ax1.plot(a.values, a.losses, "o-", color=colour(c.budget), alpha=0.6, ms=3, lw=0.8)
+            if a.usable:
+                ax1.plot([a.opt], [min(a.losses)], "k|", ms=8)
+        ax1.set_xscale("log")
+        _sparse_minor_labels(ax1.xaxis)
+        ax1.set_xlabel("learning rate η" if kind == "lr" else "batch B (tokens)")
+        ax1.set_ylabel("final loss")
+        ax1.set_title("loss per cell (| : the cell's optimum)")
+        ax1.legend([Line2D([], [], color=colour(b), marker="o", ms=3) for b in budgets],
+                   [f"C = {b:.3g}" for b in budgets], fontsize=7, title="budget", title_fontsize=7)
+        use = [c for c in h.cells if getattr(c, kind) is not None and getattr(c, kind).usable]
+        if not use:  # every cell flagged: nothing to put on log axes
+            ax2.text(0.5, 0.5, "no unflagged cell: no law", ha="center", va="center", transform=ax2.transAxes)
             continue
-        col = cmap(budgets.index(c.budget) / max(1, len(budgets) - 1))
-        ax1.plot(a.values, a.losses, "o-", color=col, alpha=0.6, ms=3, lw=0.8)
-        if a.usable:
-            ax1.plot([a.opt], [min(a.losses)], "k|", ms=8)
-    ax1.set_xscale("log")
-    ax1.set_xlabel("learning rate η" if kind == "lr" else "batch B (tokens)")
-    ax1.set_ylabel("final loss")
-    ax1.set_title("loss per cell (colour: budget)")
-    use = [c for c in h.cells if getattr(c, kind) is not None and getattr(c, kind).usable]
-    if not use:  # every cell flagged: nothing to put on log axes
-        ax2.text(0.5, 0.5, "no unflagged cell: no law", ha="center", va="center", transform=ax2.transAxes)
-        fig.tight_layout()
-        fig.savefig(out)
-        plt.close(fig)
-        return out
-    ax2.scatter([c.budget for c in use], [getattr(c, kind).opt for c in use], s=12, label="cell optimum")
-    law = h.laws.get(kind)
-    if law is not None:
-        xs = np.geomspace(min(budgets), max(budgets) * 4, 50)
-        ax2.plot(xs, law(xs), "k-", label=f"{NAMES[kind]} = {law.coefficient:.3g}·C^{law.exponent:.3f}")
-        band = law.band(xs)
-        if band is not None:
-            ax2.fill_between(xs, band[0], band[1], color="k", alpha=0.15, label="5–95%")
-    ax2.set_xscale("log")
-    ax2.set_yscale("log")
-    ax2.set_xlabel("budget C (FLOPs)")
-    ax2.set_ylabel(NAMES[kind])
-    ax2.legend(fontsize=8)
+        ax2.scatter([c.budget for c in use], [getattr(c, kind).opt for c in use], s=12,
+                    c=[colour(c.budget) for c in use], label="cell optimum")
+        law = h.laws.get(kind)
+        if law is not None:
+            xs = np.geomspace(min(budgets), max(budgets) * 4, 50)
+            ax2.plot(xs, law(xs), "k-", label=f"{NAMES[kind]} = {law.coefficient:.3g}·C^{law.exponent:.3f}")
+            band = law.band(xs)
+            if band is not None:
+                ax2.fill_between(xs, band[0], band[1], color="k", alpha=0.15, label="5–95%")
+        ax2.set_xscale("log")
+        ax2.set_yscale("log")
+        _sparse_minor_labels(ax2.yaxis)
+        ax2.set_xlabel("budget C (FLOPs)")
+        ax2.set_ylabel(NAMES[kind])
+        ax2.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
