@@ -181,6 +181,10 @@ def plan_extension(engine: Any, name: str, *, budget: float | None = None, boots
     if budget is not None:
         if any(abs(r.budget / budget - 1) < 1e-9 for r in stored):
             raise UserError(f"budget {budget:.4g} is already in sweep {name!r}")
+        near = next((r.budget for r in stored if abs(r.budget / budget - 1) < 0.10), None)
+        if near is not None:  # fit and compare match budgets within ±10%: it would be pooled with that one
+            raise UserError(f"budget {budget:.4g} is within 10% of budget {near:.4g} already in sweep {name!r} "
+                            "(fit and compare would treat them as one); choose one further away")
         if report.frontier is None:
             raise UserError(f"sweep {name!r} has no frontier to predict N_opt at {budget:.4g} "
                             f"({report.frontier_reason})")

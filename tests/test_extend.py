@@ -147,6 +147,8 @@ def test_off_centre_budgets_become_bracketed_after_extend(tmp_path):
     assert st["counts"]["planned"] == 7 and any(b["budget"] == 1e19 for b in st["budgets"])
     refused = run_isoflop("extend", "off", "--budget", "1e19", workdir=wd, check=False)
     assert refused.returncode == 2 and "already in sweep" in refused.stderr
+    near = run_isoflop("extend", "off", "--budget", "1.05e19", workdir=wd, check=False)
+    assert near.returncode == 2 and "within 10% of budget 1e+19" in near.stderr
 
 
 @pytest.mark.slow
