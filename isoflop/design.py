@@ -32,6 +32,8 @@ from .train.simulate_run import Surface, surface_of
 LAW_KEYS = ("E", "A", "B", "alpha", "beta")
 #: a median interval width and the spread of the estimates further apart than this: the intervals mislead
 DISAGREE = 1.5
+#: intervals that hold the truth in fewer simulations than this are called overconfident (nominal 90%)
+MIN_COVERAGE = 0.8
 
 
 class DesignError(UserError, ValueError):
@@ -132,6 +134,7 @@ class Outcome:
     loss_opt_true: float
     exponent_bias: float             # median estimate − truth
     samples: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+    coverage: dict[str, float] = field(default_factory=dict)  # share of simulations whose interval holds the truth
 
     @property
     def cost(self) -> float:
@@ -139,13 +142,16 @@ class Outcome:
 
     def disagreeing(self) -> dict[str, str]:
         """Quantities whose median interval width and the spread of the estimates differ by more than
-        `DISAGREE`×: "overconfident" (the intervals are too narrow for this design) or "wide"."""
+        `DISAGREE`×: "overconfident" (too narrow: they hold the truth in under `MIN_COVERAGE` of the
+        simulations, or coverage unknown), "heavy-tailed" (a few simulations are far off but their own
+        intervals are wide and hold the truth), or "wide"."""
         out = {}
         for q in ("exponent", "n_opt", "loss_opt"):
             w, sp = getattr(self, f"{q}_width"), getattr(self, f"{q}_spread")
             if math.isfinite(w) and math.isfinite(sp) and w > 0 and sp > 0:
                 if sp > DISAGREE * w:
-                    out[q] = "overconfident"
+                    cov = self.coverage.get(q, math.nan)
+                    out[q] = "heavy-tailed" if math.isfinite(cov) and cov >= MIN_COVERAGE else "overconfident"
                 elif w > DISAGREE * sp:
                     out[q] = "wide"
         return out
@@ -164,6 +170,7 @@ class Outcome:
                                            "n_opt_true", "loss_opt_true", "exponent_bias")}
         d["exponent_precision"] = self.exponent_precision
         d["disagreeing"] = self.disagreeing()
+        d["coverage"] = {k: (v if math.isfinite(v) else None) for k, v in self.coverage.items()}
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
 
@@ -189,6 +196,12 @@ def simulate_variant(name: str, spec: Any, surface: Surface, target: float, *, s
     rng = np.random.default_rng(seed)
     law = Law(surface.E, surface.A, surface.B, surface.alpha, surface.beta)
     a_est, a_w, n_est, n_w, l_est, l_w = ([] for _ in range(6))
+    held: dict[str, list[bool]] = {"exponent": [], "n_opt": [], "loss_opt": []}
+    n_true, l_true = float(law.n_opt(target)), float(law.loss_opt(target))
+
+    def holds(q: str, ci: Any, truth: float) -> None:
+        if ci is not None and all(math.isfinite(x) for x in ci):
+            held[q].append(bool(ci[0] <= truth <= ci[1]))
     flagged = budgets = none = 0
     for i in range(sims):
         loss = mean + surface.noise * rng.standard_normal(mean.shape)
@@ -202,7 +215,10 @@ def simulate_variant(name: str, spec: Any, surface: Surface, target: float, *, s
         law_n = rep.frontier.params
         a_est.append(law_n.exponent_median if law_n.exponent_median is not None else law_n.exponent)
         a_w.append(_width(law_n.exponent_ci))
+        holds("exponent", law_n.exponent_ci, law.a)
         p = rep.predictions[0]
+        holds("n_opt", p.n_opt_ci, n_true)
+        holds("loss_opt", p.loss_opt_ci, l_true)
         n_est.append(p.n_opt_estimate)
         n_w.append(math.log(p.n_opt_ci[1] / p.n_opt_ci[0]) if p.n_opt_ci else math.nan)
         l_est.append(p.loss_opt)
@@ -218,6 +234,7 @@ def simulate_variant(name: str, spec: Any, surface: Surface, target: float, *, s
         flagged_share=flagged / budgets if budgets else math.nan, no_frontier=none / sims if sims else math.nan,
         exponent_true=law.a, n_opt_true=float(law.n_opt(target)), loss_opt_true=float(law.loss_opt(target)),
         exponent_bias=med(arr["exponent"]) - law.a, samples=arr,
+        coverage={q: (float(np.mean(v)) if v else math.nan) for q, v in held.items()},
     )
 
 
@@ -310,7 +327,8 @@ def render_design(rep: DesignReport, console: Any) -> None:
         return o.exponent_precision * math.sqrt(o.cost / base.cost)
 
     def mark(o: Outcome, q: str) -> str:
-        return {"overconfident": " [red]![/]", "wide": " [dim]~[/]"}.get(o.disagreeing().get(q, ""), "")
+        return {"overconfident": " [red]![/]", "heavy-tailed": " [yellow]*[/]", "wide": " [dim]~[/]"}.get(
+            o.disagreeing().get(q, ""), "")
 
     for o in rep.outcomes:
         t.add_row(o.name, str(o.runs), f"{o.cost:.3g}",
@@ -322,9 +340,18 @@ def render_design(rep: DesignReport, console: Any) -> None:
                   f3(eff(o)))
     console.print(t)
     if any(o.disagreeing() for o in rep.outcomes):
-        console.print(f"[red]![/]: the spread of the estimates is over {DISAGREE:g}× the intervals' width: the fit's "
-                      "intervals are overconfident for that design (trust the spread); [dim]~[/]: the intervals are "
-                      f"over {DISAGREE:g}× wider than the spread")
+        console.print(f"[red]![/]: the spread of the estimates is over {DISAGREE:g}× the intervals' width and the "
+                      f"intervals hold the truth in under {MIN_COVERAGE:.0%} of the simulations: overconfident for "
+                      f"that design (trust the spread); [yellow]*[/]: over {DISAGREE:g}× too, but the intervals hold "
+                      "the truth (a few simulations are far off, and their own intervals are wide); [dim]~[/]: the "
+                      f"intervals are over {DISAGREE:g}× wider than the spread")
+        names = {"exponent": "a", "n_opt": "N_opt", "loss_opt": "L_opt"}
+        for o in rep.outcomes:
+            for q, how in o.disagreeing().items():
+                cov = o.coverage.get(q, math.nan)
+                if how in ("overconfident", "heavy-tailed") and math.isfinite(cov):
+                    console.print(f"  {o.name}: its {names[q]} intervals hold the truth in {cov:.0%} of the "
+                                  "simulations (nominally 90%)")
     ranked = sorted((o for o in rep.outcomes if math.isfinite(eff(o))), key=eff)
     if ranked:
         console.print(f"most precise a per {'GPU-hour' if base.gpu_hours is not None else 'FLOP'}: "

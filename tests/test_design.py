@@ -106,6 +106,8 @@ def test_design_cli_five_budgets_nine_sizes_under_30_seconds(tmp_path):
 def test_widths_that_the_spread_contradicts_are_marked_and_do_not_win_the_ranking():
     """A variant whose a interval is narrow but whose estimates spread 4× wider is marked overconfident and
     ranked by its spread; the honest variant ranks first (F7)."""
+    import dataclasses
+
     from rich.console import Console
 
     from isoflop.design import DesignReport, Outcome, render_design
@@ -126,6 +128,14 @@ def test_widths_that_the_spread_contradicts_are_marked_and_do_not_win_the_rankin
     text = con.export_text()
     assert "0.050 (0.200) !" in text and "0.049 (0.210) !" in text and "0.100 (0.110) !" not in text
     assert "overconfident" in text and "most precise a per GPU-hour: 'as planned'" in text
+    # the same spread, but the intervals hold the truth in 93% of the simulations: heavy tails, not overconfidence
+    tails = dataclasses.replace(narrow, coverage={"exponent": 0.93, "loss_opt": 0.5})
+    assert tails.disagreeing() == {"exponent": "heavy-tailed", "loss_opt": "overconfident"}
+    assert tails.to_json()["coverage"] == {"exponent": 0.93, "loss_opt": 0.5}
+    con = Console(record=True, width=200)
+    render_design(DesignReport(1e22, 0.01, (honest, tails), ()), con)
+    text = con.export_text()
+    assert "0.050 (0.200) *" in text and "0.049 (0.210) !" in text and "L_opt intervals hold the truth in 50%" in text
 
 
 def test_fewer_sizes_winning_under_akima_is_explained():
@@ -146,5 +156,8 @@ def test_fewer_sizes_winning_under_akima_is_explained():
     par = design(_spec(points=5, budgets=(1e17, 1e18, 1e19)), LAW_D, 0.01, sims=2, bootstrap=0, compare=False,
                  minimizer="parabola")
     assert par.to_json()["minimizer"] == "parabola"
+    cov = design(_spec(points=5, budgets=(1e17, 1e18, 1e19)), LAW_D, 0.01, sims=6, bootstrap=50,
+                 compare=False).outcomes[0].coverage
+    assert set(cov) == {"exponent", "n_opt", "loss_opt"} and 0.0 <= cov["exponent"] <= 1.0
     with pytest.raises(DesignError, match="akima or parabola"):
         design(_spec(), LAW_D, 0.01, sims=2, compare=False, minimizer="spline")
