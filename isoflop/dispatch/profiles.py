@@ -43,6 +43,8 @@ class Profile(BaseModel):
     nodes_per_run: int = Field(1, ge=1, description="nodes one run spans (its ranks split evenly over them)")
     micro_batch_seqs: int = Field(0, ge=0, description="sequences per rank per forward/backward; the rest of "
                                   "the batch is gradient accumulation (0: the rank's whole share at once)")
+    sharding: Literal["ddp", "fsdp"] = Field("ddp", description="ddp: every rank holds the whole model and "
+                                             "optimizer; fsdp: FSDP2 shards them over the run's ranks")
     cpus_per_task: int = Field(1, ge=1)
     mem_gb: Optional[float] = Field(None, gt=0)
     max_time_minutes: int = Field(60, ge=1, description="the longest job the partition allows")
@@ -126,6 +128,8 @@ class Profile(BaseModel):
                        ISOFLOP_CPUS_PER_TASK=str(self.cpus_per_task))
         if self.micro_batch_seqs:
             env["ISOFLOP_MICRO_BATCH_SEQS"] = str(self.micro_batch_seqs)
+        if self.sharding != "ddp":  # ddp is the trainer's default: existing job files stay as they were
+            env["ISOFLOP_SHARDING"] = self.sharding
         return env
 
     def run_seconds(self, flops_exact: float) -> float:

@@ -21,12 +21,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from isoflop.train.config import ConfigError, RunConfig
 
-    from isoflop.train import distributed
+    from isoflop.train import distributed, fsdp
 
     try:
         cfg = RunConfig.load(args.run_dir)  # fail fast, before importing torch
         world = max(distributed.wanted_tasks(), distributed.rank_env().world)
         distributed.micro_batches(cfg.batch_seqs, world, distributed.micro_seqs_setting(cfg.extra))
+        fsdp.check(fsdp.sharding_setting(cfg.extra), cfg.optimizer.name, world)
     except (ConfigError, distributed.LayoutError) as e:
         print(f"isoflop.train: {e}", file=sys.stderr)
         return EXIT_CONFIG

@@ -34,6 +34,7 @@ from isoflop.plan import flops as plan_flops
 from isoflop.train import checkpoint as ckpt
 from isoflop.train import data as data_mod
 from isoflop.train import distributed
+from isoflop.train import fsdp
 from isoflop.train.checkpoint import Preempted
 from isoflop.train.config import RunConfig
 from isoflop.train.flops_count import measured_flops_per_token
@@ -158,6 +159,8 @@ def make_train_step(model, opt: torch.optim.Optimizer, params: list[torch.Tensor
     clip_on = bool(clip and clip > 0)
     inner = getattr(model, "_orig_mod", model)  # torch.compile wraps the DDP module
     no_sync = getattr(inner, "no_sync", contextlib.nullcontext)
+    if hasattr(inner, "set_requires_gradient_sync"):  # FSDP2: the root module itself is the wrapper
+        no_sync = lambda: fsdp.no_sync(inner)  # noqa: E731
 
     def backward(xy: torch.Tensor) -> torch.Tensor:
         if accum == 1:
@@ -240,6 +243,11 @@ def run(cfg: RunConfig, run_dir: str | Path, group: distributed.Group | None = N
     model = GPT(mcfg).to(dev)
     model.check_counts()
     measured_fpt = measured_flops_per_token(model, T, V, dev)
+    sharding = fsdp.sharding_setting(cfg.extra)
+    fsdp.check(sharding, cfg.optimizer.name, group.world)
+    sharded = group.active and sharding == "fsdp"
+    if sharded:
+        fsdp.shard(model, dev)  # before the optimizer: its parameters are the shards
     opt = make_optimizer(model, cfg, dev)
 
     # resume
@@ -250,8 +258,11 @@ def run(cfg: RunConfig, run_dir: str | Path, group: distributed.Group | None = N
         print(f"[isoflop.train] ignoring checkpoint of a different run definition in {run_dir}", file=sys.stderr)
         state = None
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        if sharded:
+            fsdp.load_full_state(model, opt, state["model"], state["optimizer"])
+        else:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
         ckpt.set_rng_state(state["rng"])
         start_step = int(state["step"])
         wall_before = float(state.get("wall_s", 0.0))
@@ -265,7 +276,7 @@ def run(cfg: RunConfig, run_dir: str | Path, group: distributed.Group | None = N
         _truncate_metrics(metrics_path, start_step)
 
     train_model = model
-    if group.active:
+    if group.active and not sharded:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         train_model = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
@@ -275,7 +286,8 @@ def run(cfg: RunConfig, run_dir: str | Path, group: distributed.Group | None = N
     train_step = make_train_step(train_model, opt, params, cfg.optimizer.grad_clip, amp, accum)
 
     all_eval = data_mod.eval_batches(splits, cfg.eval.batches, cfg.eval.batch_seqs, T, cfg.eval.seed)
-    eval_batches = [torch.from_numpy(b).to(dev) for b in all_eval[group.rank::group.world]]
+    # sharded, every forward is a collective: each rank scores every batch rather than a share
+    eval_batches = [torch.from_numpy(b).to(dev) for b in (all_eval if sharded else all_eval[group.rank::group.world])]
     n_eval = len(all_eval)
     peak_flops = float(os.environ.get(distributed.ENV_PEAK) or 0)  # one device's; 0: MFU unknown
 
@@ -289,7 +301,8 @@ def run(cfg: RunConfig, run_dir: str | Path, group: distributed.Group | None = N
     pin = dev.type == "cuda"
 
     def state_dict(step: int) -> dict[str, Any]:
-        return {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "rng": ckpt.rng_state(),
+        msd, osd = fsdp.full_state(model, opt) if sharded else (model.state_dict(), opt.state_dict())
+        return {"model": msd, "optimizer": osd, "step": step, "rng": ckpt.rng_state(),
                 "wall_s": wall_before + (time.time() - t_start), "acc_sum": acc_sum_value(), "acc_n": acc_n,
                 "last_val": last_val, "fingerprint": fp, "run_id": cfg.run_id}
 
@@ -303,7 +316,7 @@ def run(cfg: RunConfig, run_dir: str | Path, group: distributed.Group | None = N
         return measured_fpt * tokens_per_s / (peak_flops * group.world) if peak_flops > 0 else None
 
     def evaluate_now() -> float:
-        return evaluate(model, eval_batches, amp, group if group.active else None, n_eval, dev)
+        return evaluate(model, eval_batches, amp, group if group.active and not sharded else None, n_eval, dev)
 
     diverged_step: int | None = None
     train_loss: float | None = None
@@ -430,6 +443,7 @@ def run(cfg: RunConfig, run_dir: str | Path, group: distributed.Group | None = N
         "threads": torch.get_num_threads() if dev.type == "cpu" else None,
         "compiled": compiled,
         "world_size": group.world,
+        "sharding": "fsdp" if sharded else ("ddp" if group.active else None),
         "micro_batch_seqs": per_rank // accum,
         "accumulation_steps": accum,
         "tokens_per_s": tokens_per_s,
