@@ -253,7 +253,8 @@ def run(cfg: RunConfig, run_dir: str | Path, group: distributed.Group | None = N
     # resume
     start_step, wall_before, resumed_from = 0, 0.0, None
     acc_sum, acc_n, last_val = 0.0, 0, None
-    state = ckpt.load(run_dir, map_location=dev)
+    # sharded, the whole state stays in host memory: each rank copies only its shard to the device
+    state = ckpt.load(run_dir, map_location="cpu" if sharded else dev)
     if state is not None and state.get("fingerprint") != fp:
         print(f"[isoflop.train] ignoring checkpoint of a different run definition in {run_dir}", file=sys.stderr)
         state = None
