@@ -13,7 +13,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .. import CLUSTER_PROFILES
+from ..resources import CLUSTER_PROFILES
 from ..errors import UserError
 from ..yamlio import load_data, one_line
 
