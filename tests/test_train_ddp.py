@@ -9,11 +9,8 @@ ISOFLOP_TASKS_PER_RUN and starts its ranks (isoflop/train/distributed.py).
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,34 +21,18 @@ from hypothesis import strategies as st
 from isoflop.dispatch.profiles import ProfileError, parse_profile
 from isoflop.train import data as data_mod
 from isoflop.train import distributed as D
+from tests.ranks import dispatch as _dispatch
+from tests.ranks import preempt_after_first_log
+from tests.ranks import rank_env as _env
+from tests.ranks import run_dir
 
 RUN = {"run_id": "ddp", "shape": {"n_layer": 1, "d_model": 32, "n_head": 2, "vocab_size": 256, "seq_len": 32},
        "steps": 16, "batch_seqs": 8, "lr": 0.003, "device": "cpu", "threads": 1, "dtype": "fp32", "log_every": 4,
        "checkpoint_every_s": 0, "eval": {"batches": 3}, "attempt": 1}
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ISOFLOP_TASKS", "ISOFLOP_MICRO", "SLURM_"))}
-    env.pop("RANK", None)
-    env.pop("WORLD_SIZE", None)
-    return {**env, "ISOFLOP_LAUNCHER": "local", **extra}
-
-
 def _run_dir(tmp: Path, name: str, **over) -> Path:
-    d = tmp / name
-    d.mkdir()
-    (d / "run.json").write_text(json.dumps({**RUN, **over}))
-    return d
-
-
-def _dispatch(rdir: Path, launch: dict[str, str], timeout: float = 240) -> dict:
-    """Run one run folder as a local job does, with these launch settings; its result."""
-    job = rdir.parent / f"{rdir.name}.job.json"
-    job.write_text(json.dumps({"job_id": rdir.name, "run_dirs": [str(rdir)], "launch": launch}))
-    p = subprocess.run([sys.executable, "-m", "isoflop.dispatch.job", str(job)], env=_env(), capture_output=True,
-                       text=True, timeout=timeout)
-    assert p.returncode == 0, p.stdout + p.stderr + "".join(f.read_text() for f in rdir.glob("attempt-*.log"))
-    return json.loads((rdir / "result.json").read_text())
+    return run_dir(tmp, name, RUN, **over)
 
 
 @pytest.fixture(scope="module")
@@ -94,18 +75,7 @@ def test_two_ranks_by_two_micro_batches_equal_one_rank_by_four(one_rank, tmp_pat
 def test_two_ranks_sigterm_then_resume_is_bit_identical(two_ranks, tmp_path):
     rdir = _run_dir(tmp_path, "pre")
     env = _env(ISOFLOP_TASKS_PER_RUN="2", ISOFLOP_TEST_STEP_SLEEP="0.3")
-    # own process group, as the runner starts a command: the signal reaches the launcher and every rank
-    p = subprocess.Popen([sys.executable, "-m", "isoflop.train", str(rdir)], env=env, start_new_session=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    metrics = rdir / "metrics.jsonl"
-    deadline = time.time() + 120
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
-        assert p.poll() is None and time.time() < deadline, p.stdout.read() if p.poll() is not None else "timeout"
-        time.sleep(0.1)
-    os.killpg(p.pid, signal.SIGTERM)
-    out = p.communicate(timeout=60)[0]
-    assert p.returncode == 3, out  # preempted
-    assert (rdir / "checkpoint.pt").exists() and not (rdir / "result.json").exists()
+    preempt_after_first_log(rdir, env)
     p = subprocess.run([sys.executable, "-m", "isoflop.train", str(rdir)], env=_env(ISOFLOP_TASKS_PER_RUN="2"),
                        capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stderr

@@ -6,12 +6,9 @@ Started as dispatch starts them: a local job whose job file carries the profile'
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +18,10 @@ from isoflop.dispatch.profiles import ProfileError, parse_profile
 from isoflop.train.config import RunConfig
 from isoflop.train.loop import make_optimizer
 from isoflop.train.model import GPT, GPTConfig
+from tests.ranks import dispatch as _dispatch
+from tests.ranks import preempt_after_first_log
+from tests.ranks import rank_env as _env
+from tests.ranks import run_dir
 
 # two blocks: each is sharded on its own, then the root (embedding, norm, head)
 RUN = {"run_id": "fsdp", "shape": {"n_layer": 2, "d_model": 32, "n_head": 2, "vocab_size": 256, "seq_len": 32},
@@ -30,26 +31,8 @@ RUN = {"run_id": "fsdp", "shape": {"n_layer": 2, "d_model": 32, "n_head": 2, "vo
 FSDP = parse_profile({"tasks_per_run": 2, "sharding": "fsdp", "micro_batch_seqs": 2}, name="t").launch_env()
 
 
-def _env(**extra: str) -> dict[str, str]:
-    drop = ("ISOFLOP_TASKS", "ISOFLOP_MICRO", "ISOFLOP_SHARDING", "SLURM_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(drop) and k not in ("RANK", "WORLD_SIZE")}
-    return {**env, "ISOFLOP_LAUNCHER": "local", **extra}
-
-
 def _run_dir(tmp: Path, name: str, **over) -> Path:
-    d = tmp / name
-    d.mkdir()
-    (d / "run.json").write_text(json.dumps({**RUN, **over}))
-    return d
-
-
-def _dispatch(rdir: Path, launch: dict[str, str]) -> dict:
-    job = rdir.parent / f"{rdir.name}.job.json"
-    job.write_text(json.dumps({"job_id": rdir.name, "run_dirs": [str(rdir)], "launch": launch}))
-    p = subprocess.run([sys.executable, "-m", "isoflop.dispatch.job", str(job)], env=_env(), capture_output=True,
-                       text=True, timeout=240)
-    assert p.returncode == 0, p.stdout + p.stderr + "".join(f.read_text() for f in rdir.glob("attempt-*.log"))
-    return json.loads((rdir / "result.json").read_text())
+    return run_dir(tmp, name, RUN, **over)
 
 
 @pytest.fixture(scope="module")
@@ -75,16 +58,7 @@ def test_sigterm_then_resume_is_bit_identical_and_the_checkpoint_is_one_process_
                                                                                         tmp_path):
     rdir = _run_dir(tmp_path, "pre")
     env = _env(**FSDP, ISOFLOP_TEST_STEP_SLEEP="0.3")
-    p = subprocess.Popen([sys.executable, "-m", "isoflop.train", str(rdir)], env=env, start_new_session=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    metrics = rdir / "metrics.jsonl"
-    deadline = time.time() + 120
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
-        assert p.poll() is None and time.time() < deadline, p.stdout.read() if p.poll() is not None else "timeout"
-        time.sleep(0.1)
-    os.killpg(p.pid, signal.SIGTERM)
-    out = p.communicate(timeout=60)[0]
-    assert p.returncode == 3, out  # preempted
+    preempt_after_first_log(rdir, env)
     ck = torch.load(rdir / "checkpoint.pt", weights_only=False)
     # gathered whole, in the layout model.state_dict() / optimizer.state_dict() have in one process
     cfg = RunConfig.load(rdir)
