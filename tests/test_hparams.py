@@ -196,9 +196,9 @@ def test_from_sweep_plans_with_the_fitted_law(lr_sweep):
     assert "no sweep named 'bad'" in run_isoflop("status", "bad", workdir=wd, check=False).stderr
 
 
-def test_batch_law_with_both_grids():
-    """With an lr grid and a batch grid, B*(C) comes from the profile over lr (the lowest per batch) and η*(C)
-    from the profile over batch; both known exponents are recovered."""
+def _both_grids():
+    """An lr x batch grid at 3 budgets x 3 sizes whose loss is a bowl in ln η and ln B around
+    η*(C) = 0.4·C^-0.1 and B*(C) = 0.3·C^0.33 (both grids centred off the optimum); columns c, n, y, lr, b."""
     rows = []
     for c in (1e17, 1e18, 1e19):
         for n in 0.1 * c ** 0.5 * np.array([0.5, 1.0, 2.0]):
@@ -207,7 +207,13 @@ def test_batch_law_with_both_grids():
                     eta, b = 0.4 * c ** -0.1 * lm * 1.2, 0.3 * c ** 0.33 * bm * 0.8
                     loss = 3.0 + 0.04 * math.log(eta / (0.4 * c ** -0.1)) ** 2 + 0.02 * math.log(b / (0.3 * c ** 0.33)) ** 2
                     rows.append((c, n, loss, eta, b))
-    c, n, y, lr, b = np.array(rows).T
+    return np.array(rows).T
+
+
+def test_batch_law_with_both_grids():
+    """With an lr grid and a batch grid, B*(C) comes from the profile over lr (the lowest per batch) and η*(C)
+    from the profile over batch; both known exponents are recovered."""
+    c, n, y, lr, b = _both_grids()
     h = fit_hparams(c, n, y, lr, b, bootstrap=0)
     assert set(h.laws) == {"lr", "lr_n", "batch", "batch_n"}
     assert h.laws["lr"].exponent == pytest.approx(-0.1, abs=1e-6)
@@ -260,15 +266,7 @@ def test_hparams_figure_has_a_row_per_axis(tmp_path):
 
     from isoflop.fit.hparams_render import save_hparams_plot
 
-    rows = []
-    for c in (1e17, 1e18, 1e19):
-        for n in 0.1 * c ** 0.5 * np.array([0.5, 1.0, 2.0]):
-            for lm in MULTS:
-                for bm in (0.25, 0.5, 1.0, 2.0, 4.0):
-                    eta, b = 0.4 * c ** -0.1 * lm * 1.2, 0.3 * c ** 0.33 * bm * 0.8
-                    rows.append((c, n, 3.0 + 0.04 * math.log(eta / (0.4 * c ** -0.1)) ** 2
-                                 + 0.02 * math.log(b / (0.3 * c ** 0.33)) ** 2, eta, b))
-    c, n, y, lr, b = np.array(rows).T
+    c, n, y, lr, b = _both_grids()
     both = save_hparams_plot(fit_hparams(c, n, y, lr, b, bootstrap=0), tmp_path / "both.png")
     one = save_hparams_plot(fit_hparams(c, n, y, lr, None, bootstrap=0), tmp_path / "one.png")
     h_both, h_one = mpimg.imread(both).shape[0], mpimg.imread(one).shape[0]
